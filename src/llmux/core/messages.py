@@ -1,0 +1,171 @@
+"""Messages the cores receive and effects they return, as frozen data.
+
+Every decision in llmux is `core.handle(message, now) -> [effects]`. The trio actors, the
+simulator and the property suite all deliver these same messages and perform these same
+effects, which is what makes a simulated run and a served run follow the same code.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import msgspec
+
+
+class Hook(enum.StrEnum):
+    WAKE = "wake"
+    SLEEP = "sleep"
+
+
+class RejectReason(enum.StrEnum):
+    """Why a request was answered with an error instead of being forwarded."""
+
+    TIMEOUT = "timeout"
+    HOOK_FAILED = "hook_failed"
+    SHUTTING_DOWN = "shutting_down"
+
+
+# ---- messages to a model actor -------------------------------------------------------------
+
+
+class Acquire(msgspec.Struct, frozen=True):
+    """A client request wants to be forwarded to this model."""
+
+    req_id: int
+
+
+class Finish(msgspec.Struct, frozen=True):
+    """The request is over, whatever happened: response sent, client gone, or refused.
+
+    Sent exactly once per Acquire from a `finally`, so it covers both a granted request
+    (releases its in-flight slot) and a queued one (withdraws it).
+    """
+
+    req_id: int
+
+
+class Wake(msgspec.Struct, frozen=True):
+    cause: str = ""
+
+
+class Drain(msgspec.Struct, frozen=True):
+    cause: str = ""
+
+
+class HookDone(msgspec.Struct, frozen=True):
+    hook: Hook
+    ok: bool
+    detail: str = ""
+
+
+class Tick(msgspec.Struct, frozen=True):
+    """Time has passed: expire what is due (request deadlines, scheduler timers)."""
+
+
+class Shutdown(msgspec.Struct, frozen=True):
+    """Refuse queued and future requests; in-flight ones finish normally."""
+
+
+ModelInput = Acquire | Finish | Wake | Drain | HookDone | Tick | Shutdown
+
+
+# ---- what a model reports to the scheduler -------------------------------------------------
+
+
+class ModelReport(msgspec.Struct, frozen=True):
+    """A model's externally visible summary; sent whenever it changes."""
+
+    model: str
+    state: str
+    queue_depth: int
+    oldest_arrival: float | None
+    in_flight: int
+    active_since: float | None
+
+
+SchedulerInput = ModelReport | Tick
+
+
+# ---- effects -------------------------------------------------------------------------------
+
+
+class Grant(msgspec.Struct, frozen=True):
+    """Forward request `req_id` now; it counts as in flight until its Finish."""
+
+    model: str
+    req_id: int
+    waited: float
+
+
+class Reject(msgspec.Struct, frozen=True):
+    model: str
+    req_id: int
+    reason: RejectReason
+    detail: str
+    waited: float
+
+
+class RunHook(msgspec.Struct, frozen=True):
+    model: str
+    hook: Hook
+
+
+class Transition(msgspec.Struct, frozen=True):
+    """An edge was taken; the shells turn these into logs, metrics and the journal.
+
+    `machine` names the class ("ModelLifecycle" or "SwitchSequence"), `subject` the model
+    (or "scheduler").
+    """
+
+    machine: str
+    subject: str
+    source: str
+    target: str
+    event: str
+    cause: str
+    at: float
+
+
+class SendWake(msgspec.Struct, frozen=True):
+    model: str
+    cause: str
+
+
+class SendDrain(msgspec.Struct, frozen=True):
+    model: str
+    cause: str
+
+
+class SwitchStarted(msgspec.Struct, frozen=True):
+    from_model: str | None
+    to_model: str
+    reason: str
+    at: float
+
+
+class SwitchFinished(msgspec.Struct, frozen=True):
+    """A switch ended. `duration` is sleep-hook start (or wake start) to activation.
+
+    That span is what the GPU spends not serving, so it is what the cost estimate tracks;
+    the drain that precedes it depends on traffic, not on the models, and is reported apart.
+    """
+
+    from_model: str | None
+    to_model: str
+    result: str  # "success" | "failure" | "cancelled"
+    duration: float
+    drain_duration: float | None
+    detail: str
+    at: float
+
+
+class Anomaly(msgspec.Struct, frozen=True):
+    """A message that the current state cannot accept. Never expected; logged loudly and
+    asserted absent by the property suite."""
+
+    where: str
+    detail: str
+
+
+ModelEffect = Grant | Reject | RunHook | Transition | Anomaly
+SchedulerEffect = SendWake | SendDrain | SwitchStarted | SwitchFinished | Transition | Anomaly

@@ -1,0 +1,237 @@
+"""ModelCore: one model's lifecycle, waiter queue and in-flight set, as pure code.
+
+Admission is plain code on purpose: it runs once per request and must cost microseconds,
+while the lifecycle machine is driven only a few times per switch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import msgspec
+
+from llmux.core.lifecycle import ModelLifecycle, state_name
+from llmux.core.messages import (
+    Acquire,
+    Anomaly,
+    Drain,
+    Finish,
+    Grant,
+    Hook,
+    HookDone,
+    ModelEffect,
+    ModelInput,
+    ModelReport,
+    Reject,
+    RejectReason,
+    RunHook,
+    Shutdown,
+    Tick,
+    Transition,
+    Wake,
+)
+
+SLEEPING = "Sleeping"
+WAKING = "Waking"
+ACTIVE = "Active"
+DRAINING = "Draining"
+SLEEPING_DOWN = "SleepingDown"
+
+
+class Waiter(msgspec.Struct):
+    arrived: float
+    deadline: float
+
+
+class ModelCore:
+    def __init__(
+        self,
+        name: str,
+        *,
+        request_timeout: float | None = None,
+        drain_before_switch: bool = True,
+    ) -> None:
+        self.name = name
+        self.request_timeout = request_timeout
+        self.drain_before_switch = drain_before_switch
+        self._machine = ModelLifecycle()
+        self.state: str = SLEEPING
+        self.state_since = 0.0
+        self.active_since: float | None = None
+        # Insertion-ordered, and every waiter gets the same timeout, so the first entry is
+        # both the oldest arrival and the earliest deadline.
+        self.queue: dict[int, Waiter] = {}
+        self.in_flight: set[int] = set()
+        self.closing = False
+        self._last_report: ModelReport | None = None
+
+    # ---- queries ---------------------------------------------------------------------------
+
+    def oldest_arrival(self) -> float | None:
+        for waiter in self.queue.values():
+            return waiter.arrived
+        return None
+
+    def next_deadline(self) -> float | None:
+        """When this core next wants a Tick (the first queued request's timeout)."""
+        for waiter in self.queue.values():
+            return waiter.deadline if waiter.deadline < math.inf else None
+        return None
+
+    def report(self) -> ModelReport:
+        return ModelReport(
+            model=self.name,
+            state=self.state,
+            queue_depth=len(self.queue),
+            oldest_arrival=self.oldest_arrival(),
+            in_flight=len(self.in_flight),
+            active_since=self.active_since,
+        )
+
+    def report_if_changed(self) -> ModelReport | None:
+        """The summary for the scheduler, or None if it already has this one.
+
+        The actor calls this once per batch of messages, so a burst of requests to the
+        active model costs the scheduler one message, not one per request.
+        """
+        current = self.report()
+        if current == self._last_report:
+            return None
+        self._last_report = current
+        return current
+
+    # ---- the one entry point ----------------------------------------------------------------
+
+    def handle(self, message: ModelInput, now: float) -> list[ModelEffect]:
+        match message:
+            case Acquire(req_id=req_id):
+                return self._acquire(req_id, now)
+            case Finish(req_id=req_id):
+                return self._finish(req_id, now)
+            case Tick():
+                return self._expire(now)
+            case Wake(cause=cause):
+                return self._wake(cause, now)
+            case Drain(cause=cause):
+                return self._drain(cause, now)
+            case HookDone(hook=Hook.WAKE, ok=ok, detail=detail):
+                return self._wake_done(ok, detail, now)
+            case HookDone(hook=Hook.SLEEP, ok=ok, detail=detail):
+                return self._sleep_done(ok, detail, now)
+            case Shutdown():
+                self.closing = True
+                return self._reject_all(RejectReason.SHUTTING_DOWN, "llmux is shutting down", now)
+        raise TypeError(f"not a model message: {message!r}")
+
+    # ---- requests --------------------------------------------------------------------------
+
+    def _acquire(self, req_id: int, now: float) -> list[ModelEffect]:
+        if self.closing:
+            return [
+                Reject(self.name, req_id, RejectReason.SHUTTING_DOWN, "llmux is shutting down", 0.0)
+            ]
+        if self.state == ACTIVE:
+            self.in_flight.add(req_id)
+            return [Grant(self.name, req_id, 0.0)]
+        timeout = self.request_timeout
+        deadline = now + timeout if timeout is not None else math.inf
+        self.queue[req_id] = Waiter(now, deadline)
+        return []
+
+    def _finish(self, req_id: int, now: float) -> list[ModelEffect]:
+        if self.queue.pop(req_id, None) is not None:
+            return []
+        if req_id not in self.in_flight:
+            # Already answered (timed out, refused): the client's Finish comes after.
+            return []
+        self.in_flight.remove(req_id)
+        if self.state == DRAINING and not self.in_flight:
+            return self._take("drained", "last in-flight request finished", now) + [
+                RunHook(self.name, Hook.SLEEP)
+            ]
+        return []
+
+    def _expire(self, now: float) -> list[ModelEffect]:
+        effects: list[ModelEffect] = []
+        while self.queue:
+            req_id, waiter = next(iter(self.queue.items()))
+            if waiter.deadline > now:
+                break
+            del self.queue[req_id]
+            effects.append(
+                Reject(
+                    self.name,
+                    req_id,
+                    RejectReason.TIMEOUT,
+                    "Request timed out waiting for model",
+                    now - waiter.arrived,
+                )
+            )
+        return effects
+
+    def _grant_all(self, now: float) -> list[ModelEffect]:
+        effects: list[ModelEffect] = []
+        for req_id, waiter in self.queue.items():
+            self.in_flight.add(req_id)
+            effects.append(Grant(self.name, req_id, now - waiter.arrived))
+        self.queue.clear()
+        return effects
+
+    def _reject_all(self, reason: RejectReason, detail: str, now: float) -> list[ModelEffect]:
+        effects: list[ModelEffect] = [
+            Reject(self.name, req_id, reason, detail, now - waiter.arrived)
+            for req_id, waiter in self.queue.items()
+        ]
+        self.queue.clear()
+        return effects
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    def _take(self, event: str, cause: str, now: float) -> list[ModelEffect]:
+        source = self.state
+        self._machine.send(event)
+        self.state = state_name(self._machine)
+        self.state_since = now
+        return [Transition("ModelLifecycle", self.name, source, self.state, event, cause, now)]
+
+    def _refuse(self, message: str) -> list[ModelEffect]:
+        return [Anomaly(self.name, f"{message} is not accepted in state {self.state}")]
+
+    def _wake(self, cause: str, now: float) -> list[ModelEffect]:
+        if self.state != SLEEPING:
+            return self._refuse("wake")
+        return self._take("wake", cause, now) + [RunHook(self.name, Hook.WAKE)]
+
+    def _drain(self, cause: str, now: float) -> list[ModelEffect]:
+        if self.state != ACTIVE:
+            return self._refuse("drain")
+        effects = self._take("drain", cause, now)
+        if self.in_flight and self.drain_before_switch:
+            return effects
+        why = "nothing in flight" if not self.in_flight else "drain_before_switch is off"
+        return effects + self._take("drained", why, now) + [RunHook(self.name, Hook.SLEEP)]
+
+    def _wake_done(self, ok: bool, detail: str, now: float) -> list[ModelEffect]:
+        if self.state != WAKING:
+            return self._refuse("wake hook result")
+        if ok:
+            effects = self._take("woke", "wake hook succeeded", now)
+            self.active_since = now
+            return effects + self._grant_all(now)
+        effects = self._take("wake_failed", f"wake hook failed: {detail}", now)
+        message = f"Hook failed for {self.name}: {detail}"
+        return (
+            effects
+            + self._reject_all(RejectReason.HOOK_FAILED, message, now)
+            + [RunHook(self.name, Hook.SLEEP)]
+        )
+
+    def _sleep_done(self, ok: bool, detail: str, now: float) -> list[ModelEffect]:
+        if self.state != SLEEPING_DOWN:
+            return self._refuse("sleep hook result")
+        self.active_since = None
+        if ok:
+            return self._take("slept", "sleep hook succeeded", now)
+        # The switch goes on: a model whose sleep hook failed is treated as asleep, as in
+        # llmux 2.4; the failure is logged and counted.
+        return self._take("sleep_failed", f"sleep hook failed: {detail}", now)

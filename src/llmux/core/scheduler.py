@@ -1,0 +1,359 @@
+"""SchedulerCore: decides when to switch and sequences the switch, as pure code.
+
+It sees the models only through their `ModelReport`s and acts on them only through
+`SendDrain`/`SendWake` effects, so it holds the one rule no policy can break: a model is
+woken only once every model is Sleeping (at most one model is ever outside Sleeping).
+
+A switch from A to B: (settle until A has been active `min_active`) -> drain A -> A's sleep
+hook -> B's wake hook -> B active. If, once A is asleep, nobody waits for B any more, B is
+not woken: the policy is asked afresh instead (llmux 2.4 woke B anyway, then switched back).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import msgspec
+
+from llmux.core.cost import SwitchCostTracker
+from llmux.core.lifecycle import SwitchSequence, state_name
+from llmux.core.messages import (
+    Anomaly,
+    ModelReport,
+    SchedulerEffect,
+    SchedulerInput,
+    SendDrain,
+    SendWake,
+    SwitchFinished,
+    SwitchStarted,
+    Tick,
+    Transition,
+)
+from llmux.core.model import ACTIVE, SLEEPING, SLEEPING_DOWN, WAKING
+from llmux.core.policy import (
+    Defer,
+    PendingContext,
+    ScheduleContext,
+    SwitchNow,
+    SwitchPolicy,
+)
+
+SCHEDULER = "scheduler"
+FAILURE_BACKOFF_SECS = 2.0
+
+
+class SwitchRecord(msgspec.Struct):
+    from_model: str | None
+    to_model: str
+    reason: str
+    decided_at: float
+    drain_started_at: float | None = None
+    sleep_started_at: float | None = None
+    wake_started_at: float | None = None
+
+
+class SchedulerCore:
+    def __init__(
+        self,
+        models: Sequence[str],
+        policy: SwitchPolicy,
+        *,
+        min_active: float = 0.0,
+        failure_backoff: float = FAILURE_BACKOFF_SECS,
+        costs: SwitchCostTracker | None = None,
+    ) -> None:
+        self.policy = policy
+        self.min_active = min_active
+        self.failure_backoff = failure_backoff
+        self.costs = costs if costs is not None else SwitchCostTracker()
+        self.views: dict[str, ModelReport] = {
+            name: ModelReport(name, SLEEPING, 0, None, 0, None) for name in models
+        }
+        self._machine = SwitchSequence()
+        self.phase: str = state_name(self._machine)
+        self.active: str | None = None
+        self.switch: SwitchRecord | None = None
+        self.last_decision = "none yet"
+        self._demand: set[str] = set()
+        self._settle_until = math.inf
+        self._backoff_until = math.inf
+        self._failed_model: str | None = None
+        self._recheck_at = math.inf
+        self._next_tick_at: float | None = None
+
+    # ---- queries ---------------------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        """When this core next wants a Tick."""
+        if self.phase == "Settling":
+            deadline = self._settle_until
+        elif self.phase == "Backoff":
+            deadline = self._backoff_until
+        elif self.phase == "Idle":
+            deadline = self._recheck_at
+            if self._next_tick_at is not None:
+                deadline = min(deadline, self._next_tick_at)
+        else:
+            deadline = math.inf
+        return deadline if deadline < math.inf else None
+
+    def awake(self) -> list[str]:
+        return [name for name, view in self.views.items() if view.state != SLEEPING]
+
+    # ---- the one entry point ----------------------------------------------------------------
+
+    def handle(self, message: SchedulerInput, now: float) -> list[SchedulerEffect]:
+        effects: list[SchedulerEffect] = []
+        match message:
+            case ModelReport():
+                self._observe(message, now, effects)
+            case Tick():
+                pass
+            case _:
+                raise TypeError(f"not a scheduler message: {message!r}")
+        self._advance(now, effects)
+        return effects
+
+    # ---- following the models --------------------------------------------------------------
+
+    def _observe(self, report: ModelReport, now: float, effects: list[SchedulerEffect]) -> None:
+        if report.model not in self.views:
+            effects.append(Anomaly(SCHEDULER, f"report from unknown model {report.model!r}"))
+            return
+        self.views[report.model] = report
+        if report.queue_depth:
+            self._demand.add(report.model)
+        else:
+            self._demand.discard(report.model)
+
+        switch = self.switch
+        if switch is None:
+            return
+        if self.phase == "Retiring" and report.model == switch.from_model:
+            if report.state in (SLEEPING_DOWN, SLEEPING) and switch.sleep_started_at is None:
+                switch.sleep_started_at = now
+            if report.state == SLEEPING:
+                self.active = None
+                self._after_retire(switch, now, effects)
+        elif self.phase == "Waking" and report.model == switch.to_model:
+            if report.state == ACTIVE:
+                self._activated(switch, report, now, effects)
+            elif report.state != WAKING:
+                self._wake_failed(switch, now, effects)
+
+    def _after_retire(
+        self, switch: SwitchRecord, now: float, effects: list[SchedulerEffect]
+    ) -> None:
+        if switch.to_model in self._demand:
+            self._wake(switch, now, effects)
+            return
+        self._take("retired", f"nobody waits for {switch.to_model} any more", now, effects)
+        effects.append(
+            SwitchFinished(
+                switch.from_model,
+                switch.to_model,
+                "cancelled",
+                0.0,
+                self._drain_duration(switch),
+                "the requests that asked for the switch went away",
+                now,
+            )
+        )
+        self.switch = None
+
+    def _activated(
+        self,
+        switch: SwitchRecord,
+        report: ModelReport,
+        now: float,
+        effects: list[SchedulerEffect],
+    ) -> None:
+        started = switch.sleep_started_at or switch.wake_started_at or switch.decided_at
+        duration = now - started
+        self.costs.observe(switch.from_model, switch.to_model, duration)
+        self.active = switch.to_model
+        self._take("activated", f"{switch.to_model} is active", now, effects)
+        effects.append(
+            SwitchFinished(
+                switch.from_model,
+                switch.to_model,
+                "success",
+                duration,
+                self._drain_duration(switch),
+                "",
+                now,
+            )
+        )
+        self.switch = None
+
+    def _wake_failed(
+        self, switch: SwitchRecord, now: float, effects: list[SchedulerEffect]
+    ) -> None:
+        started = switch.sleep_started_at or switch.wake_started_at or switch.decided_at
+        self._failed_model = switch.to_model
+        self._backoff_until = now + self.failure_backoff
+        self._take("wake_failed", f"{switch.to_model} failed to wake", now, effects)
+        effects.append(
+            SwitchFinished(
+                switch.from_model,
+                switch.to_model,
+                "failure",
+                now - started,
+                self._drain_duration(switch),
+                "wake hook failed",
+                now,
+            )
+        )
+        self.switch = None
+
+    @staticmethod
+    def _drain_duration(switch: SwitchRecord) -> float | None:
+        if switch.drain_started_at is None or switch.sleep_started_at is None:
+            return None
+        return switch.sleep_started_at - switch.drain_started_at
+
+    # ---- deciding --------------------------------------------------------------------------
+
+    def _advance(self, now: float, effects: list[SchedulerEffect]) -> None:
+        if self.phase == "Settling" and now >= self._settle_until and self.switch is not None:
+            self._settle_until = math.inf
+            if self.switch.to_model in self._demand:
+                self._retire(self.switch, now, effects)
+            else:
+                self._take("cancel", f"nobody waits for {self.switch.to_model} any more", now,
+                           effects)
+                self.switch = None
+        if self.phase == "Backoff" and now >= self._backoff_until:
+            failed = self._failed_model
+            if failed is None or self.views[failed].state == SLEEPING:
+                self._backoff_until = math.inf
+                self._failed_model = None
+                self._take("recovered", "failure backoff over", now, effects)
+        if self.phase == "Idle":
+            self._decide(now, effects)
+
+    def _active_duration(self, now: float) -> float:
+        if self.active is None:
+            return 0.0
+        since = self.views[self.active].active_since
+        return now - since if since is not None else 0.0
+
+    def _active_in_flight(self) -> int:
+        return self.views[self.active].in_flight if self.active is not None else 0
+
+    def _decide(self, now: float, effects: list[SchedulerEffect]) -> None:
+        self._recheck_at = math.inf
+        candidates = sorted(
+            (
+                name
+                for name in self._demand
+                if name != self.active and self.views[name].state == SLEEPING
+            ),
+            key=lambda name: (self.views[name].oldest_arrival or now, name),
+        )
+        for target in candidates:
+            view = self.views[target]
+            oldest = view.oldest_arrival
+            ctx = PendingContext(
+                target_model=target,
+                active_model=self.active,
+                target_queue_depth=view.queue_depth,
+                oldest_waiting=now - oldest if oldest is not None else 0.0,
+                active_in_flight=self._active_in_flight(),
+                active_duration=self._active_duration(now),
+                estimated_switch_cost=self.costs.estimate(self.active, target),
+                now=now,
+            )
+            decision = self.policy.on_pending(ctx)
+            if isinstance(decision, SwitchNow):
+                self.last_decision = f"switch to {target}: {decision.reason}"
+                self._start(target, self.last_decision, now, effects)
+                return
+            if isinstance(decision, Defer):
+                self._recheck_at = min(self._recheck_at, now + max(decision.seconds, 0.0))
+                self.last_decision = f"defer {target} {decision.seconds:.3f}s: {decision.reason}"
+            else:
+                self.last_decision = f"skip {target}: {decision.reason}"
+        self._maybe_tick(now, effects)
+
+    def _maybe_tick(self, now: float, effects: list[SchedulerEffect]) -> None:
+        interval = self.policy.tick_interval_secs
+        if interval is None:
+            return
+        if self._next_tick_at is None:
+            self._next_tick_at = now + interval
+            return
+        if now < self._next_tick_at:
+            return
+        self._next_tick_at = now + interval
+        target = self.policy.on_tick(self._schedule_context(now))
+        if target is None:
+            return
+        if target in self._demand and target != self.active:
+            self.last_decision = f"switch to {target}: policy tick"
+            self._start(target, self.last_decision, now, effects)
+
+    def _schedule_context(self, now: float) -> ScheduleContext:
+        costs: dict[str, float] = {}
+        for name in self.views:
+            estimate = self.costs.estimate(self.active, name)
+            if estimate is not None:
+                costs[name] = estimate
+        return ScheduleContext(
+            active_model=self.active,
+            active_duration=self._active_duration(now),
+            active_in_flight=self._active_in_flight(),
+            queue_depths={name: self.views[name].queue_depth for name in self._demand},
+            oldest_waiting={
+                name: now - (self.views[name].oldest_arrival or now) for name in self._demand
+            },
+            switch_costs=costs,
+            now=now,
+        )
+
+    # ---- switching -------------------------------------------------------------------------
+
+    def _start(self, target: str, reason: str, now: float, effects: list[SchedulerEffect]) -> None:
+        switch = SwitchRecord(self.active, target, reason, now)
+        self.switch = switch
+        effects.append(SwitchStarted(self.active, target, reason, now))
+        if self.active is None:
+            self._wake(switch, now, effects)
+            return
+        since = self.views[self.active].active_since
+        settle_until = (since if since is not None else now) + self.min_active
+        if now < settle_until:
+            self._settle_until = settle_until
+            self._take(
+                "settle", f"{self.active} has been active less than {self.min_active}s", now,
+                effects,
+            )
+            return
+        self._retire(switch, now, effects)
+
+    def _retire(self, switch: SwitchRecord, now: float, effects: list[SchedulerEffect]) -> None:
+        assert switch.from_model is not None
+        switch.drain_started_at = now
+        self._take("retire", switch.reason, now, effects)
+        effects.append(SendDrain(switch.from_model, switch.reason))
+
+    def _wake(self, switch: SwitchRecord, now: float, effects: list[SchedulerEffect]) -> None:
+        awake = self.awake()
+        if awake:
+            effects.append(
+                Anomaly(SCHEDULER, f"refusing to wake {switch.to_model}: {awake} not asleep")
+            )
+            if self.phase == "Retiring":
+                self._take("retired", "wake refused", now, effects)
+            self.switch = None
+            return
+        switch.wake_started_at = now
+        self._take("wake", switch.reason, now, effects)
+        effects.append(SendWake(switch.to_model, switch.reason))
+
+    def _take(self, event: str, cause: str, now: float, effects: list[SchedulerEffect]) -> None:
+        source = self.phase
+        self._machine.send(event)
+        self.phase = state_name(self._machine)
+        effects.append(Transition("SwitchSequence", SCHEDULER, source, self.phase, event, cause, now))

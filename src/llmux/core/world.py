@@ -1,0 +1,246 @@
+"""A deterministic world: the same cores the server runs, composed with virtual time.
+
+Requests arrive, take their service time once granted, and may be cancelled; hooks take the
+time (and succeed or fail as) the script says. Messages between cores are delivered in order
+at the instant they are sent, exactly as the actors' mailboxes deliver them, and every core
+gets a Tick when its own deadline comes. No threads, no sockets, no sleeps: the same inputs
+give the same run, which is what the simulator and the property suite build on.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+
+import msgspec
+
+from llmux.core.cost import SwitchCostTracker
+from llmux.core.messages import (
+    Acquire,
+    Anomaly,
+    Drain,
+    Finish,
+    Grant,
+    Hook,
+    HookDone,
+    ModelInput,
+    ModelReport,
+    Reject,
+    RunHook,
+    SendDrain,
+    SendWake,
+    SwitchFinished,
+    SwitchStarted,
+    Tick,
+    Transition,
+    Wake,
+)
+from llmux.core.model import ModelCore
+from llmux.core.policy import SwitchPolicy
+from llmux.core.scheduler import SchedulerCore
+
+
+class HookScript(msgspec.Struct, frozen=True):
+    """How long a model's hooks take; `wake_failures` lists which wake attempts (0-based)
+    fail."""
+
+    wake_secs: float = 1.0
+    sleep_secs: float = 1.0
+    wake_failures: frozenset[int] = frozenset()
+
+
+class Settings(msgspec.Struct, frozen=True):
+    request_timeout: float | None = None
+    drain_before_switch: bool = True
+    min_active: float = 0.0
+
+
+class RequestRecord(msgspec.Struct):
+    req_id: int
+    model: str
+    arrived: float
+    service: float
+    granted_at: float | None = None
+    finished_at: float | None = None
+    rejected: str | None = None
+    cancelled_at: float | None = None
+    state_at_grant: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.finished_at is not None or self.rejected is not None or (
+            self.cancelled_at is not None
+        )
+
+
+_Action = Callable[[], None]
+
+
+class World:
+    def __init__(
+        self,
+        hooks: Mapping[str, HookScript],
+        policy: SwitchPolicy,
+        settings: Settings = Settings(),
+        *,
+        on_effect: Callable[[object], None] | None = None,
+    ) -> None:
+        self.now = 0.0
+        self.settings = settings
+        self.hooks = dict(hooks)
+        self.costs = SwitchCostTracker()
+        self.models = {
+            name: ModelCore(
+                name,
+                request_timeout=settings.request_timeout,
+                drain_before_switch=settings.drain_before_switch,
+            )
+            for name in hooks
+        }
+        self.scheduler = SchedulerCore(
+            list(hooks), policy, min_active=settings.min_active, costs=self.costs
+        )
+        self.requests: dict[int, RequestRecord] = {}
+        self.transitions: list[Transition] = []
+        self.switches: list[SwitchFinished] = []
+        self.anomalies: list[Anomaly] = []
+        self.hook_runs: list[tuple[float, str, Hook]] = []
+        self.wake_attempts: dict[str, int] = dict.fromkeys(hooks, 0)
+        self._on_effect = on_effect
+        self._ids = itertools.count()
+        self._seq = itertools.count()
+        self._timeline: list[tuple[float, int, _Action]] = []
+        self._mail: deque[tuple[str, ModelInput]] = deque()
+
+    # ---- inputs ------------------------------------------------------------------------------
+
+    def submit(self, model: str, at: float, service: float) -> int:
+        req_id = next(self._ids)
+        self.requests[req_id] = RequestRecord(req_id, model, at, service)
+        self._at(at, lambda: self._deliver(model, Acquire(req_id)))
+        return req_id
+
+    def cancel(self, req_id: int, at: float) -> None:
+        """The client goes away at `at` (a no-op if the request is already over)."""
+
+        def go() -> None:
+            record = self.requests[req_id]
+            if record.done:
+                return
+            record.cancelled_at = self.now
+            self._deliver(record.model, Finish(req_id))
+
+        self._at(at, go)
+
+    # ---- running -----------------------------------------------------------------------------
+
+    def run(self, until: float = math.inf) -> None:
+        """Process everything due up to `until` (everything, if no limit)."""
+        while True:
+            next_at = self._next_time()
+            if next_at is None or next_at > until:
+                break
+            self.now = max(self.now, next_at)
+            while self._timeline and self._timeline[0][0] <= self.now:
+                _, _, action = heapq.heappop(self._timeline)
+                action()
+                self._flush()
+            self._tick_due()
+        if until < math.inf:
+            self.now = max(self.now, until)
+
+    def _next_time(self) -> float | None:
+        candidates = [self._timeline[0][0]] if self._timeline else []
+        for core in self.models.values():
+            deadline = core.next_deadline()
+            if deadline is not None:
+                candidates.append(deadline)
+        deadline = self.scheduler.next_deadline()
+        if deadline is not None:
+            candidates.append(deadline)
+        return min(candidates) if candidates else None
+
+    def _tick_due(self) -> None:
+        for name, core in self.models.items():
+            deadline = core.next_deadline()
+            if deadline is not None and deadline <= self.now:
+                self._deliver(name, Tick())
+        deadline = self.scheduler.next_deadline()
+        if deadline is not None and deadline <= self.now:
+            self._scheduler_input(Tick())
+        self._flush()
+
+    def _at(self, when: float, action: _Action) -> None:
+        heapq.heappush(self._timeline, (when, next(self._seq), action))
+
+    # ---- delivery, in mailbox order ----------------------------------------------------------
+
+    def _deliver(self, model: str, message: ModelInput) -> None:
+        self._mail.append((model, message))
+
+    def _flush(self) -> None:
+        while self._mail:
+            model, message = self._mail.popleft()
+            core = self.models[model]
+            self._perform(core.handle(message, self.now))
+            report = core.report_if_changed()
+            if report is not None:
+                self._scheduler_input(report)
+
+    def _scheduler_input(self, message: ModelReport | Tick) -> None:
+        self._perform(self.scheduler.handle(message, self.now))
+
+    # ---- effects -----------------------------------------------------------------------------
+
+    def _perform(self, effects: Iterable[object]) -> None:
+        for effect in effects:
+            if self._on_effect is not None:
+                self._on_effect(effect)
+            match effect:
+                case Grant(req_id=req_id, model=model):
+                    self._granted(req_id, model)
+                case Reject(req_id=req_id, reason=reason):
+                    record = self.requests[req_id]
+                    record.rejected = str(reason)
+                case RunHook(model=model, hook=hook):
+                    self._run_hook(model, hook)
+                case SendWake(model=model, cause=cause):
+                    self._deliver(model, Wake(cause))
+                case SendDrain(model=model, cause=cause):
+                    self._deliver(model, Drain(cause))
+                case Transition():
+                    self.transitions.append(effect)
+                case SwitchFinished():
+                    self.switches.append(effect)
+                case Anomaly():
+                    self.anomalies.append(effect)
+                case SwitchStarted():
+                    pass
+
+    def _granted(self, req_id: int, model: str) -> None:
+        record = self.requests[req_id]
+        record.granted_at = self.now
+        record.state_at_grant = self.models[model].state
+
+        def finish() -> None:
+            if record.cancelled_at is None:
+                record.finished_at = self.now
+                self._deliver(model, Finish(req_id))
+
+        self._at(self.now + record.service, finish)
+
+    def _run_hook(self, model: str, hook: Hook) -> None:
+        script = self.hooks[model]
+        self.hook_runs.append((self.now, model, hook))
+        if hook is Hook.WAKE:
+            attempt = self.wake_attempts[model]
+            self.wake_attempts[model] = attempt + 1
+            ok = attempt not in script.wake_failures
+            duration = script.wake_secs
+        else:
+            ok, duration = True, script.sleep_secs
+        detail = "" if ok else "exit status 1"
+        self._at(self.now + duration, lambda: self._deliver(model, HookDone(hook, ok, detail)))
