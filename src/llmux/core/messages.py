@@ -83,7 +83,7 @@ class ModelReport(msgspec.Struct, frozen=True):
     active_since: float | None
 
 
-SchedulerInput = ModelReport | Tick
+SchedulerInput = ModelReport | Tick | Shutdown
 
 
 # ---- effects -------------------------------------------------------------------------------

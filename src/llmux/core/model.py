@@ -146,9 +146,8 @@ class ModelCore:
             return []
         self.in_flight.remove(req_id)
         if self.state == DRAINING and not self.in_flight:
-            return self._take("drained", "last in-flight request finished", now) + [
-                RunHook(self.name, Hook.SLEEP)
-            ]
+            drained = self._take("drained", "last in-flight request finished", now)
+            return [*drained, RunHook(self.name, Hook.SLEEP)]
         return []
 
     def _expire(self, now: float) -> list[ModelEffect]:
@@ -200,7 +199,7 @@ class ModelCore:
     def _wake(self, cause: str, now: float) -> list[ModelEffect]:
         if self.state != SLEEPING:
             return self._refuse("wake")
-        return self._take("wake", cause, now) + [RunHook(self.name, Hook.WAKE)]
+        return [*self._take("wake", cause, now), RunHook(self.name, Hook.WAKE)]
 
     def _drain(self, cause: str, now: float) -> list[ModelEffect]:
         if self.state != ACTIVE:

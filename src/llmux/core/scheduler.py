@@ -25,6 +25,7 @@ from llmux.core.messages import (
     SchedulerInput,
     SendDrain,
     SendWake,
+    Shutdown,
     SwitchFinished,
     SwitchStarted,
     Tick,
@@ -45,7 +46,8 @@ FAILURE_BACKOFF_SECS = 2.0
 
 class SwitchRecord(msgspec.Struct):
     from_model: str | None
-    to_model: str
+    # None: only put `from_model` to sleep (shutdown), wake nothing.
+    to_model: str | None
     reason: str
     decided_at: float
     drain_started_at: float | None = None
@@ -81,6 +83,7 @@ class SchedulerCore:
         self._failed_model: str | None = None
         self._recheck_at = math.inf
         self._next_tick_at: float | None = None
+        self.closing = False
 
     # ---- queries ---------------------------------------------------------------------------
 
@@ -110,6 +113,8 @@ class SchedulerCore:
                 self._observe(message, now, effects)
             case Tick():
                 pass
+            case Shutdown():
+                self.closing = True
             case _:
                 raise TypeError(f"not a scheduler message: {message!r}")
         self._advance(now, effects)
@@ -145,7 +150,11 @@ class SchedulerCore:
     def _after_retire(
         self, switch: SwitchRecord, now: float, effects: list[SchedulerEffect]
     ) -> None:
-        if switch.to_model in self._demand:
+        if switch.to_model is None:
+            self._take("retired", f"{switch.from_model} is asleep: {switch.reason}", now, effects)
+            self.switch = None
+            return
+        if switch.to_model in self._demand and not self.closing:
             self._wake(switch, now, effects)
             return
         self._take("retired", f"nobody waits for {switch.to_model} any more", now, effects)
@@ -169,15 +178,16 @@ class SchedulerCore:
         now: float,
         effects: list[SchedulerEffect],
     ) -> None:
+        target = _target(switch)
         started = switch.sleep_started_at or switch.wake_started_at or switch.decided_at
         duration = now - started
-        self.costs.observe(switch.from_model, switch.to_model, duration)
-        self.active = switch.to_model
-        self._take("activated", f"{switch.to_model} is active", now, effects)
+        self.costs.observe(switch.from_model, target, duration)
+        self.active = target
+        self._take("activated", f"{target} is active", now, effects)
         effects.append(
             SwitchFinished(
                 switch.from_model,
-                switch.to_model,
+                target,
                 "success",
                 duration,
                 self._drain_duration(switch),
@@ -190,14 +200,15 @@ class SchedulerCore:
     def _wake_failed(
         self, switch: SwitchRecord, now: float, effects: list[SchedulerEffect]
     ) -> None:
+        target = _target(switch)
         started = switch.sleep_started_at or switch.wake_started_at or switch.decided_at
-        self._failed_model = switch.to_model
+        self._failed_model = target
         self._backoff_until = now + self.failure_backoff
-        self._take("wake_failed", f"{switch.to_model} failed to wake", now, effects)
+        self._take("wake_failed", f"{target} failed to wake", now, effects)
         effects.append(
             SwitchFinished(
                 switch.from_model,
-                switch.to_model,
+                target,
                 "failure",
                 now - started,
                 self._drain_duration(switch),
@@ -216,13 +227,17 @@ class SchedulerCore:
     # ---- deciding --------------------------------------------------------------------------
 
     def _advance(self, now: float, effects: list[SchedulerEffect]) -> None:
+        if self.closing:
+            self._wind_down(now, effects)
+            return
         if self.phase == "Settling" and now >= self._settle_until and self.switch is not None:
             self._settle_until = math.inf
             if self.switch.to_model in self._demand:
                 self._retire(self.switch, now, effects)
             else:
-                self._take("cancel", f"nobody waits for {self.switch.to_model} any more", now,
-                           effects)
+                self._take(
+                    "cancel", f"nobody waits for {self.switch.to_model} any more", now, effects
+                )
                 self.switch = None
         if self.phase == "Backoff" and now >= self._backoff_until:
             failed = self._failed_model
@@ -232,6 +247,23 @@ class SchedulerCore:
                 self._take("recovered", "failure backoff over", now, effects)
         if self.phase == "Idle":
             self._decide(now, effects)
+
+    def _wind_down(self, now: float, effects: list[SchedulerEffect]) -> None:
+        """Shutting down: start nothing, and put the awake model to sleep once it is idle."""
+        if self.phase == "Settling" and self.switch is not None:
+            self.switch.to_model = None
+            self._settle_until = math.inf
+            self._retire(self.switch, now, effects)
+        elif self.phase == "Retiring" and self.switch is not None:
+            self.switch.to_model = None
+        elif self.phase == "Idle" and self.active is not None:
+            switch = SwitchRecord(self.active, None, "shutting down", now)
+            self.switch = switch
+            self._retire(switch, now, effects)
+
+    def is_quiet(self) -> bool:
+        """Every model is asleep and no switch is under way."""
+        return self.phase in ("Idle", "Backoff") and not self.awake()
 
     def _active_duration(self, now: float) -> float:
         if self.active is None:
@@ -326,7 +358,9 @@ class SchedulerCore:
         if now < settle_until:
             self._settle_until = settle_until
             self._take(
-                "settle", f"{self.active} has been active less than {self.min_active}s", now,
+                "settle",
+                f"{self.active} has been active less than {self.min_active}s",
+                now,
                 effects,
             )
             return
@@ -350,10 +384,18 @@ class SchedulerCore:
             return
         switch.wake_started_at = now
         self._take("wake", switch.reason, now, effects)
-        effects.append(SendWake(switch.to_model, switch.reason))
+        effects.append(SendWake(_target(switch), switch.reason))
 
     def _take(self, event: str, cause: str, now: float, effects: list[SchedulerEffect]) -> None:
         source = self.phase
         self._machine.send(event)
         self.phase = state_name(self._machine)
-        effects.append(Transition("SwitchSequence", SCHEDULER, source, self.phase, event, cause, now))
+        effects.append(
+            Transition("SwitchSequence", SCHEDULER, source, self.phase, event, cause, now)
+        )
+
+
+def _target(switch: SwitchRecord) -> str:
+    """The model a waking switch wakes (only sleep-only switches have none)."""
+    assert switch.to_model is not None, "a sleep-only switch never wakes anything"
+    return switch.to_model

@@ -71,8 +71,10 @@ class RequestRecord(msgspec.Struct):
 
     @property
     def done(self) -> bool:
-        return self.finished_at is not None or self.rejected is not None or (
-            self.cancelled_at is not None
+        return (
+            self.finished_at is not None
+            or self.rejected is not None
+            or (self.cancelled_at is not None)
         )
 
 
@@ -84,10 +86,11 @@ class World:
         self,
         hooks: Mapping[str, HookScript],
         policy: SwitchPolicy,
-        settings: Settings = Settings(),
+        settings: Settings | None = None,
         *,
         on_effect: Callable[[object], None] | None = None,
     ) -> None:
+        settings = settings if settings is not None else Settings()
         self.now = 0.0
         self.settings = settings
         self.hooks = dict(hooks)

@@ -1,0 +1,5 @@
+import sys
+
+from llmux.cli import main
+
+sys.exit(main())

@@ -1,0 +1,219 @@
+"""The trio shells around the cores: each actor owns a mailbox and one core.
+
+An actor loop only receives messages (or its core's next deadline), hands them to the core
+with `now`, and performs the effects. All decisions are in `llmux.core`.
+
+Mailboxes are unbounded so that `send_nowait` never fails: a `Finish` sent from a `finally`
+during cancellation must never be lost, and a mailbox is drained as fast as it fills because
+handling a message is synchronous and short.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import trio
+
+from llmux.config import ModelConfig
+from llmux.core.messages import (
+    Acquire,
+    Anomaly,
+    Drain,
+    Finish,
+    Grant,
+    Hook,
+    HookDone,
+    ModelInput,
+    Reject,
+    RunHook,
+    SchedulerInput,
+    SendDrain,
+    SendWake,
+    Shutdown,
+    SwitchFinished,
+    SwitchStarted,
+    Tick,
+    Transition,
+    Wake,
+)
+from llmux.core.model import ModelCore
+from llmux.core.scheduler import SchedulerCore
+from llmux.hooks import run_hook
+from llmux.telemetry import Telemetry
+
+# How many queued messages an actor handles before it reports to the scheduler: a burst of
+# requests to the active model then costs the scheduler one message, not one per request.
+BATCH = 512
+
+
+class Ticket:
+    """A request's claim on a model; the model actor answers it exactly once."""
+
+    __slots__ = ("_answered", "outcome", "req_id")
+
+    def __init__(self, req_id: int) -> None:
+        self.req_id = req_id
+        self.outcome: Grant | Reject | None = None
+        self._answered = trio.Event()
+
+    def answer(self, outcome: Grant | Reject) -> None:
+        self.outcome = outcome
+        self._answered.set()
+
+    async def wait(self) -> Grant | Reject:
+        await self._answered.wait()
+        assert self.outcome is not None
+        return self.outcome
+
+
+class ModelActor:
+    def __init__(
+        self,
+        core: ModelCore,
+        config: ModelConfig,
+        *,
+        hook_cwd: str,
+        hook_timeouts: Mapping[Hook, float | None],
+        telemetry: Telemetry,
+    ) -> None:
+        self.core = core
+        self.name = core.name
+        self.config = config
+        self.hook_cwd = hook_cwd
+        self.hook_timeouts = dict(hook_timeouts)
+        self.telemetry = telemetry
+        self._send, self._receive = trio.open_memory_channel[tuple[ModelInput, Ticket | None]](
+            math.inf
+        )
+        self._tickets: dict[int, Ticket] = {}
+        self.scheduler: SchedulerActor | None = None
+
+    # ---- the front end's side ----------------------------------------------------------------
+
+    def acquire(self, req_id: int) -> Ticket:
+        ticket = Ticket(req_id)
+        self._send.send_nowait((Acquire(req_id), ticket))
+        return ticket
+
+    def finish(self, req_id: int) -> None:
+        self.post(Finish(req_id))
+
+    def post(self, message: ModelInput) -> None:
+        self._send.send_nowait((message, None))
+
+    # ---- the actor ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as hooks:
+            while True:
+                batch = await self._next_batch()
+                now = trio.current_time()
+                if not batch:
+                    self._perform(self.core.handle(Tick(), now), hooks)
+                for message, ticket in batch:
+                    if ticket is not None:
+                        self._tickets[message.req_id] = ticket  # type: ignore[union-attr]
+                    elif isinstance(message, Finish):
+                        self._tickets.pop(message.req_id, None)
+                    self._perform(self.core.handle(message, now), hooks)
+                report = self.core.report_if_changed()
+                if report is not None:
+                    self.telemetry.model_report(report)
+                    if self.scheduler is not None:
+                        self.scheduler.post(report)
+
+    async def _next_batch(self) -> list[tuple[ModelInput, Ticket | None]]:
+        deadline = self.core.next_deadline()
+        batch: list[tuple[ModelInput, Ticket | None]] = []
+        with trio.move_on_at(deadline if deadline is not None else math.inf):
+            batch.append(await self._receive.receive())
+        while batch and len(batch) < BATCH:
+            try:
+                batch.append(self._receive.receive_nowait())
+            except trio.WouldBlock:
+                break
+        return batch
+
+    def _perform(self, effects: Sequence[object], hooks: trio.Nursery) -> None:
+        for effect in effects:
+            match effect:
+                case Grant(req_id=req_id):
+                    ticket = self._tickets.pop(req_id, None)
+                    if ticket is not None:
+                        ticket.answer(effect)
+                    self.telemetry.granted(self.name, effect.waited)
+                case Reject(req_id=req_id):
+                    ticket = self._tickets.pop(req_id, None)
+                    if ticket is not None:
+                        ticket.answer(effect)
+                    self.telemetry.rejected(effect)
+                case RunHook(hook=hook):
+                    hooks.start_soon(self._run_hook, hook)
+                case Transition():
+                    self.telemetry.transition(effect)
+                case Anomaly():
+                    self.telemetry.anomaly(effect)
+
+    async def _run_hook(self, hook: Hook) -> None:
+        command = self.config.wake if hook is Hook.WAKE else self.config.sleep
+        outcome = await run_hook(
+            command,
+            model=self.name,
+            port=self.config.port,
+            cwd=self.hook_cwd,
+            timeout=self.hook_timeouts.get(hook),
+        )
+        self.telemetry.hook_finished(self.name, hook, outcome)
+        self.post(HookDone(hook, outcome.ok, outcome.detail))
+
+
+class SchedulerActor:
+    def __init__(
+        self,
+        core: SchedulerCore,
+        models: Mapping[str, ModelActor],
+        *,
+        telemetry: Telemetry,
+    ) -> None:
+        self.core = core
+        self.models = dict(models)
+        self.telemetry = telemetry
+        self._send, self._receive = trio.open_memory_channel[SchedulerInput](math.inf)
+        self.quiet = trio.Event()
+        for actor in self.models.values():
+            actor.scheduler = self
+
+    def post(self, message: SchedulerInput) -> None:
+        self._send.send_nowait(message)
+
+    async def run(self) -> None:
+        while True:
+            deadline = self.core.next_deadline()
+            message: SchedulerInput = Tick()
+            with trio.move_on_at(deadline if deadline is not None else math.inf):
+                message = await self._receive.receive()
+            self._perform(self.core.handle(message, trio.current_time()))
+            if self.core.closing and self.core.is_quiet():
+                self.quiet.set()
+
+    def _perform(self, effects: Sequence[object]) -> None:
+        for effect in effects:
+            match effect:
+                case SendWake(model=model, cause=cause):
+                    self.models[model].post(Wake(cause))
+                case SendDrain(model=model, cause=cause):
+                    self.models[model].post(Drain(cause))
+                case SwitchStarted():
+                    self.telemetry.switch_started(effect)
+                case SwitchFinished():
+                    self.telemetry.switch_finished(effect, self.core.costs)
+                case Transition():
+                    self.telemetry.transition(effect)
+                case Anomaly():
+                    self.telemetry.anomaly(effect)
+
+    def shutdown(self) -> None:
+        for actor in self.models.values():
+            actor.post(Shutdown())
+        self.post(Shutdown())

@@ -1,0 +1,134 @@
+"""Composition root: builds the cores and actors from a Config and runs the server.
+
+Shutdown order (first SIGTERM/SIGINT): stop accepting; answer queued requests with 503; let
+in-flight requests and streams finish for `shutdown_grace_secs`; cut what is left; put the
+awake model to sleep through the normal drain -> sleep path; exit. A second signal skips
+the waiting.
+"""
+
+from __future__ import annotations
+
+import signal
+
+import trio
+
+from llmux.actors import ModelActor, SchedulerActor
+from llmux.config import Config
+from llmux.core.messages import Hook
+from llmux.core.model import ModelCore
+from llmux.core.scheduler import SchedulerCore
+from llmux.logs import log_event
+from llmux.metrics import Metrics
+from llmux.policies import build_policy
+from llmux.server import Frontend
+from llmux.telemetry import Telemetry
+from llmux.upstream import UpstreamPool
+
+DEFAULT_WAKE_TIMEOUT_SECS = 600.0
+DEFAULT_SLEEP_TIMEOUT_SECS = 300.0
+
+
+class App:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.telemetry = Telemetry(self.metrics)
+        settings = config.policy
+        self.model_actors = {
+            name: ModelActor(
+                ModelCore(
+                    name,
+                    request_timeout=settings.request_timeout_secs,
+                    drain_before_switch=settings.drain_before_switch,
+                ),
+                model_config,
+                hook_cwd=config.base_dir,
+                hook_timeouts={
+                    Hook.WAKE: DEFAULT_WAKE_TIMEOUT_SECS,
+                    Hook.SLEEP: DEFAULT_SLEEP_TIMEOUT_SECS,
+                },
+                telemetry=self.telemetry,
+            )
+            for name, model_config in config.models.items()
+        }
+        policy = build_policy(settings.type, config.policy_options)
+        self.scheduler = SchedulerActor(
+            SchedulerCore(list(config.models), policy, min_active=settings.min_active_secs),
+            self.model_actors,
+            telemetry=self.telemetry,
+        )
+        self.pool = UpstreamPool()
+        self.frontend = Frontend(self.model_actors, self.pool, self.metrics, self.telemetry)
+        self.shutdown_requested = trio.Event()
+        self.port: int | None = None
+
+    async def serve(
+        self,
+        *,
+        host: str | None = None,
+        port: int | None = None,
+        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Run until `shutdown_requested` is set, then shut down gracefully."""
+        host = host if host is not None else self.config.host
+        port = port if port is not None else self.config.port
+        async with trio.open_nursery() as actors:
+            actors.start_soon(self.scheduler.run)
+            for actor in self.model_actors.values():
+                actors.start_soon(actor.run)
+            listeners = await trio.open_tcp_listeners(port, host=host)
+            self.port = listeners[0].socket.getsockname()[1]
+            async with trio.open_nursery() as connections:
+                accepting = trio.CancelScope()
+                connections.start_soon(self._accept, listeners, connections, accepting)
+                log_event(
+                    "listening",
+                    f"llmux listening on http://{host}:{self.port}",
+                    host=host,
+                    port=self.port,
+                    models=sorted(self.model_actors),
+                )
+                task_status.started(self.port)
+                await self.shutdown_requested.wait()
+                log_event("shutdown_started", "shutting down: no new connections")
+                accepting.cancel()
+                for listener in listeners:
+                    await listener.aclose()
+                self.frontend.begin_closing()
+                self.scheduler.shutdown()
+                with trio.move_on_after(self.config.shutdown_grace_secs):
+                    await self.frontend.wait_all_closed()
+                connections.cancel_scope.cancel()
+            with trio.move_on_after(DEFAULT_SLEEP_TIMEOUT_SECS + 5):
+                await self.scheduler.quiet.wait()
+            await self.pool.aclose()
+            actors.cancel_scope.cancel()
+        log_event("shutdown_complete", "llmux stopped")
+
+    async def _accept(
+        self,
+        listeners: list[trio.SocketListener],
+        connections: trio.Nursery,
+        accepting: trio.CancelScope,
+    ) -> None:
+        with accepting:
+            await trio.serve_listeners(
+                self.frontend.handle_connection, listeners, handler_nursery=connections
+            )
+
+    async def watch_signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                if self.shutdown_requested.is_set():
+                    log_event("shutdown_forced", "second signal: stopping now")
+                    raise SystemExit(1)
+                log_event("signal", f"received {signal.Signals(signum).name}")
+                self.shutdown_requested.set()
+
+
+async def run(config: Config, *, host: str | None = None, port: int | None = None) -> None:
+    app = App(config)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(app.watch_signals)
+        await app.serve(host=host, port=port)
+        nursery.cancel_scope.cancel()

@@ -1,0 +1,370 @@
+"""The HTTP front end: trio + h11, one task per connection, keep-alive, streaming.
+
+Each proxied request becomes an `Acquire` to its model's actor and always ends with a
+`Finish`, sent from a `finally`, so no cancellation path (client gone, timeout, shutdown) can
+leak a queued waiter or an in-flight slot. While a request waits or streams, its socket is
+watched: a client that hangs up is noticed at once and its request withdrawn.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Awaitable, Callable, Mapping
+
+import h11
+import msgspec
+import trio
+
+from llmux.actors import ModelActor
+from llmux.core.messages import Reject, RejectReason
+from llmux.metrics import Metrics
+from llmux.telemetry import Telemetry
+from llmux.upstream import UpstreamError, UpstreamPool
+
+RECEIVE_SIZE = 65536
+MAX_BODY_BYTES = 64 * 1024 * 1024
+MAX_HEADER_BYTES = 32 * 1024
+KEEPALIVE_IDLE_SECS = 120.0
+# Bytes of a pipelined next request we are willing to hold while answering this one.
+MAX_PIPELINED_BYTES = 64 * 1024
+CLIENT_GONE = 499  # nginx's status for "client closed the connection"
+
+JSON = (b"content-type", b"application/json")
+
+_HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+_NOT_FORWARDED = _HOP_BY_HOP | {b"host", b"content-length", b"expect"}
+
+_REJECT_STATUS = {
+    RejectReason.TIMEOUT: 504,
+    RejectReason.HOOK_FAILED: 500,
+    RejectReason.SHUTTING_DOWN: 503,
+}
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def error_body(message: str, kind: str = "llmux_error") -> bytes:
+    return msgspec.json.encode({"error": {"message": message, "type": kind}})
+
+
+class _ModelField(msgspec.Struct):
+    # `object`, so a non-string model is reported as such rather than as bad JSON.
+    model: object = None
+
+
+_model_decoder = msgspec.json.Decoder(_ModelField)
+
+
+def extract_model(body: bytes) -> str:
+    """The `model` of a JSON request body; decodes that one field only."""
+    if not body.strip():
+        raise HttpError(404, "No model specified in request")
+    try:
+        model = _model_decoder.decode(body).model
+    except msgspec.ValidationError as exc:
+        raise HttpError(400, f"Request body must be a JSON object: {exc}") from exc
+    except msgspec.DecodeError as exc:
+        raise HttpError(400, f"Invalid JSON in request body: {exc}") from exc
+    if model is None:
+        raise HttpError(404, "No model specified in request")
+    if not isinstance(model, str):
+        raise HttpError(400, "The `model` field must be a string")
+    return model
+
+
+def forwardable(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    listed = {
+        token.strip().lower()
+        for name, value in headers
+        if name == b"connection"
+        for token in value.split(b",")
+    }
+    return [(n, v) for n, v in headers if n not in _NOT_FORWARDED and n not in listed]
+
+
+class Frontend:
+    """Routes requests; shared by every connection."""
+
+    def __init__(
+        self,
+        models: Mapping[str, ModelActor],
+        pool: UpstreamPool,
+        metrics: Metrics,
+        telemetry: Telemetry,
+    ) -> None:
+        self.models = dict(models)
+        self.pool = pool
+        self.metrics = metrics
+        self.telemetry = telemetry
+        self.closing = False
+        self._ids = itertools.count()
+        self._idle: set[trio.CancelScope] = set()
+        self.open_connections = 0
+        self._all_closed = trio.Event()
+        self.models_listing = msgspec.json.encode(
+            {
+                "object": "list",
+                "data": [
+                    {"id": name, "object": "model", "created": 0, "owned_by": "llmux"}
+                    for name in sorted(self.models)
+                ],
+            }
+        )
+
+    def next_request_id(self) -> int:
+        return next(self._ids)
+
+    def begin_closing(self) -> None:
+        """Stop keeping connections alive and drop the idle ones."""
+        self.closing = True
+        for scope in list(self._idle):
+            scope.cancel()
+        if self.open_connections == 0:
+            self._all_closed.set()
+
+    async def wait_all_closed(self) -> None:
+        await self._all_closed.wait()
+
+    async def handle_connection(self, stream: trio.SocketStream) -> None:
+        self.open_connections += 1
+        try:
+            await HttpConnection(stream, self).serve()
+        finally:
+            self.open_connections -= 1
+            if self.closing and self.open_connections == 0:
+                self._all_closed.set()
+
+
+class HttpConnection:
+    def __init__(self, stream: trio.SocketStream, frontend: Frontend) -> None:
+        self.stream = stream
+        self.frontend = frontend
+        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
+
+    # ---- plumbing ----------------------------------------------------------------------------
+
+    async def _send(self, event: h11.Event) -> None:
+        data = self.conn.send(event)
+        if data:
+            await self.stream.send_all(data)
+
+    async def _next_event(self) -> h11.Event | type[h11.PAUSED]:
+        while True:
+            event = self.conn.next_event()
+            if event is h11.NEED_DATA:
+                self.conn.receive_data(await self.stream.receive_some(RECEIVE_SIZE))
+                continue
+            return event  # type: ignore[return-value]
+
+    async def _respond(
+        self,
+        status: int,
+        body: bytes,
+        *,
+        content_type: tuple[bytes, bytes] = JSON,
+        close: bool = False,
+    ) -> None:
+        headers = [content_type, (b"content-length", str(len(body)).encode())]
+        if close or self.frontend.closing:
+            headers.append((b"connection", b"close"))
+        await self._send(h11.Response(status_code=status, headers=headers))
+        await self._send(h11.Data(data=body))
+        await self._send(h11.EndOfMessage())
+
+    async def _respond_error(self, status: int, message: str, *, close: bool = False) -> None:
+        await self._respond(status, error_body(message), close=close)
+
+    # ---- the connection loop ----------------------------------------------------------------
+
+    async def serve(self) -> None:
+        try:
+            while await self._serve_one():
+                if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
+                    self.conn.start_next_cycle()
+                else:
+                    break
+        except h11.RemoteProtocolError as exc:
+            await self._answer_protocol_error(exc)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            await trio.aclose_forcefully(self.stream)
+
+    async def _serve_one(self) -> bool:
+        """Serve one request; False when the connection should close."""
+        # Waiting for a request is the only time a connection may be dropped at will: by the
+        # keep-alive timeout, or because the server is closing.
+        idle = trio.CancelScope(deadline=trio.current_time() + KEEPALIVE_IDLE_SECS)
+        if self.frontend.closing:
+            idle.cancel()
+        self.frontend._idle.add(idle)
+        try:
+            with idle:
+                event = await self._next_event()
+                if isinstance(event, h11.Request):
+                    self.frontend._idle.discard(idle)
+                    idle.deadline = math.inf
+                    await self._handle(event)
+                    return not self.frontend.closing
+            return False
+        finally:
+            self.frontend._idle.discard(idle)
+
+    async def _answer_protocol_error(self, exc: h11.RemoteProtocolError) -> None:
+        if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return
+        status = exc.error_status_hint or 400
+        try:
+            self.conn = h11.Connection(h11.SERVER)  # the old one refuses to send after an error
+            self.conn.receive_data(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            self.conn.next_event()
+            await self._respond_error(status, f"Malformed HTTP request: {exc}", close=True)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError):
+            pass
+
+    # ---- requests ----------------------------------------------------------------------------
+
+    async def _read_body(self) -> bytes:
+        if self.conn.they_are_waiting_for_100_continue:
+            await self._send(h11.InformationalResponse(status_code=100, headers=[]))
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            event = await self._next_event()
+            if isinstance(event, h11.Data):
+                size += len(event.data)
+                if size > MAX_BODY_BYTES:
+                    raise HttpError(413, f"Request body larger than {MAX_BODY_BYTES} bytes")
+                chunks.append(bytes(event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                return b"".join(chunks)
+            elif isinstance(event, h11.ConnectionClosed):
+                raise trio.BrokenResourceError("client closed the connection mid-body")
+
+    async def _handle(self, request: h11.Request) -> None:
+        path = request.target.split(b"?", 1)[0]
+        method = request.method
+        try:
+            body = await self._read_body()
+            if method == b"GET" and path == b"/v1/models":
+                await self._respond(200, self.frontend.models_listing)
+            elif method == b"GET" and path == b"/metrics":
+                await self._respond(
+                    200,
+                    self.frontend.metrics.render(),
+                    content_type=(b"content-type", b"text/plain; version=0.0.4; charset=utf-8"),
+                )
+            elif method == b"GET" and path == b"/health":
+                await self._respond(200, b'{"status":"ok"}')
+            else:
+                await self._proxy(request, body)
+        except HttpError as exc:
+            # A refused body was not read to its end, so the connection cannot be reused.
+            close = self.conn.their_state is not h11.DONE
+            await self._respond_error(exc.status, exc.message, close=close)
+
+    async def _proxy(self, request: h11.Request, body: bytes) -> None:
+        model = extract_model(body)
+        actor = self.frontend.models.get(model)
+        if actor is None:
+            raise HttpError(404, f"Model not found: {model}")
+        started = trio.current_time()
+        req_id = self.frontend.next_request_id()
+        ticket = actor.acquire(req_id)
+        status = CLIENT_GONE
+        try:
+
+            async def serve() -> None:
+                nonlocal status
+                outcome = await ticket.wait()
+                if isinstance(outcome, Reject):
+                    status = _REJECT_STATUS[outcome.reason]
+                    await self._respond_error(status, outcome.detail)
+                    return
+                status = await self._forward(request, body, actor)
+
+            await self._while_client_connected(serve)
+        finally:
+            actor.finish(req_id)
+            self.frontend.telemetry.request_finished(model, status, trio.current_time() - started)
+
+    async def _forward(self, request: h11.Request, body: bytes, actor: ModelActor) -> int:
+        """Relay the backend's response as it arrives; returns the status sent."""
+        headers = forwardable(list(request.headers))
+        try:
+            async with self.frontend.pool.request(
+                actor.config.port, request.method, request.target, headers, body
+            ) as response:
+                response_headers = forwardable(response.headers)
+                if self.frontend.closing:
+                    response_headers.append((b"connection", b"close"))
+                if _has_length(response.headers):
+                    length = _content_length(response.headers)
+                    response_headers.append((b"content-length", length))
+                await self._send(
+                    h11.Response(
+                        status_code=response.status_code,
+                        headers=response_headers,
+                        reason=response.reason,
+                    )
+                )
+                async for chunk in response.iter_body():
+                    await self._send(h11.Data(data=chunk))
+                await self._send(h11.EndOfMessage())
+                return response.status_code
+        except UpstreamError as exc:
+            if self.conn.our_state is not h11.SEND_RESPONSE:
+                # Headers are out: the only honest signal left is to cut the connection.
+                raise trio.BrokenResourceError(f"backend broke mid-response: {exc}") from exc
+            await self._respond_error(502, f"Backend error: {exc}")
+            return 502
+
+    async def _while_client_connected(self, work: Callable[[], Awaitable[None]]) -> None:
+        """Run `work`, cancelling it the moment the client hangs up."""
+        async with trio.open_nursery() as nursery:
+
+            async def watch() -> None:
+                buffered = 0
+                while buffered < MAX_PIPELINED_BYTES:
+                    try:
+                        data = await self.stream.receive_some(RECEIVE_SIZE)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        data = b""
+                    if not data:
+                        nursery.cancel_scope.cancel()
+                        return
+                    # The client pipelined its next request: keep it for the next cycle.
+                    self.conn.receive_data(data)
+                    buffered += len(data)
+
+            nursery.start_soon(watch)
+            await work()
+            nursery.cancel_scope.cancel()
+        if nursery.cancel_scope.cancelled_caught and self.conn.our_state is not h11.DONE:
+            raise trio.BrokenResourceError("client went away")
+
+
+def _has_length(headers: list[tuple[bytes, bytes]]) -> bool:
+    return any(name == b"content-length" for name, _ in headers)
+
+
+def _content_length(headers: list[tuple[bytes, bytes]]) -> bytes:
+    return next(value for name, value in headers if name == b"content-length")

@@ -1,0 +1,141 @@
+"""Turns the cores' effects into log events and metrics. Observes; decides nothing."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from llmux.core.cost import SwitchCostTracker
+from llmux.core.messages import (
+    Anomaly,
+    Hook,
+    ModelReport,
+    Reject,
+    RejectReason,
+    SwitchFinished,
+    SwitchStarted,
+    Transition,
+)
+from llmux.hooks import HookOutcome
+from llmux.logs import log_event
+from llmux.metrics import IDLE, Metrics
+
+
+class Telemetry:
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self._woke_at: dict[str, float] = {}
+
+    def transition(self, t: Transition) -> None:
+        log_event(
+            "transition",
+            f"{t.subject}: {t.source} -{t.event}-> {t.target} ({t.cause})",
+            level=logging.DEBUG,
+            machine=t.machine,
+            subject=t.subject,
+            source=t.source,
+            target=t.target,
+            transition=t.event,
+            cause=t.cause,
+        )
+        if t.machine != "ModelLifecycle":
+            return
+        if t.event == "woke":
+            self._woke_at[t.subject] = t.at
+        elif t.event == "drain":
+            woke_at = self._woke_at.pop(t.subject, None)
+            if woke_at is not None:
+                self.metrics.model_active_duration.labels(t.subject).observe(t.at - woke_at)
+        elif t.event == "sleep_failed":
+            log_event(
+                "sleep_hook_failed",
+                f"sleep hook of {t.subject} failed; treating it as asleep ({t.cause})",
+                level=logging.WARNING,
+                model=t.subject,
+                detail=t.cause,
+            )
+
+    def model_report(self, report: ModelReport) -> None:
+        self.metrics.queue_depth.labels(report.model).set(report.queue_depth)
+        self.metrics.in_flight.labels(report.model).set(report.in_flight)
+
+    def granted(self, model: str, waited: float) -> None:
+        self.metrics.queue_wait.labels(model).observe(waited)
+
+    def rejected(self, reject: Reject) -> None:
+        if reject.reason is RejectReason.TIMEOUT:
+            log_event(
+                "request_timeout",
+                f"request for {reject.model} timed out after {reject.waited:.3f}s in the queue",
+                level=logging.WARNING,
+                model=reject.model,
+                waited_secs=round(reject.waited, 6),
+            )
+
+    def hook_finished(self, model: str, hook: Hook, outcome: HookOutcome) -> None:
+        self.metrics.hook_duration.labels(model, hook.value).observe(outcome.duration)
+        fields: dict[str, Any] = {
+            "model": model,
+            "hook": hook.value,
+            "duration_secs": round(outcome.duration, 6),
+        }
+        if outcome.ok:
+            log_event("hook_completed", f"{hook.value} hook of {model} completed", **fields)
+            return
+        self.metrics.hook_failures.labels(model, hook.value).inc()
+        log_event(
+            "hook_failed",
+            f"{hook.value} hook of {model} failed: {outcome.detail}",
+            level=logging.ERROR,
+            detail=outcome.detail,
+            output_tail=outcome.output_tail,
+            **fields,
+        )
+
+    def switch_started(self, s: SwitchStarted) -> None:
+        log_event(
+            "switch_started",
+            f"switching {s.from_model or IDLE} -> {s.to_model}: {s.reason}",
+            **_fields(source=s.from_model or IDLE, target=s.to_model, reason=s.reason),
+        )
+
+    def switch_finished(self, s: SwitchFinished, costs: SwitchCostTracker) -> None:
+        source = s.from_model or IDLE
+        target = s.to_model
+        self.metrics.switch_total.labels(source, target, s.result).inc()
+        if s.drain_duration is not None:
+            self.metrics.switch_drain_duration.labels(source, target).observe(s.drain_duration)
+        fields: dict[str, Any] = {
+            "from": source,
+            "to": target,
+            "duration_secs": round(s.duration, 6),
+        }
+        if s.result == "success":
+            self.metrics.switch_duration.labels(source, target).observe(s.duration)
+            estimate = costs.estimate(s.from_model, target)
+            if estimate is not None:
+                self.metrics.switch_cost_ema.labels(source, target).set(estimate)
+            log_event("model_activated", f"{target} is active after {s.duration:.3f}s", **fields)
+        elif s.result == "failure":
+            log_event(
+                "switch_failed",
+                f"switch {source} -> {target} failed: {s.detail}",
+                level=logging.ERROR,
+                detail=s.detail,
+                **fields,
+            )
+        else:
+            log_event("switch_cancelled", f"switch {source} -> {target}: {s.detail}", **fields)
+
+    def anomaly(self, a: Anomaly) -> None:
+        log_event("anomaly", f"{a.where}: {a.detail}", level=logging.ERROR, where=a.where)
+
+    def request_finished(self, model: str, status: int, duration: float) -> None:
+        label = str(status)
+        self.metrics.requests_total.labels(model, label).inc()
+        self.metrics.request_duration.labels(model, label).observe(duration)
+
+
+def _fields(*, source: str, target: str, **rest: Any) -> dict[str, Any]:
+    """`from`/`to` as field names: llmux 2.4's, but `from` is a Python keyword."""
+    return {"from": source, "to": target, **rest}
