@@ -313,6 +313,11 @@ class SchedulerCore:
         interval = self.policy.tick_interval_secs
         if interval is None:
             return
+        if not self._demand - {self.active}:
+            # A tick can only start a switch towards a waiting model; with nobody waiting,
+            # ticking would only keep an idle server (and the simulator) busy forever.
+            self._next_tick_at = None
+            return
         if self._next_tick_at is None:
             self._next_tick_at = now + interval
             return

@@ -1,0 +1,173 @@
+"""ModelCore, message by message: what a model does with each input in each state."""
+
+from __future__ import annotations
+
+import pytest
+
+from llmux.core.messages import (
+    Acquire,
+    Anomaly,
+    Drain,
+    Finish,
+    Grant,
+    Hook,
+    HookDone,
+    Reject,
+    RunHook,
+    Shutdown,
+    Tick,
+    Transition,
+    Wake,
+)
+from llmux.core.model import ModelCore
+
+
+def kinds(effects: list[object]) -> list[str]:
+    out = []
+    for e in effects:
+        match e:
+            case Grant(req_id=r):
+                out.append(f"grant {r}")
+            case Reject(req_id=r, reason=why):
+                out.append(f"reject {r} {why}")
+            case RunHook(hook=h):
+                out.append(f"hook {h}")
+            case Transition(event=ev, target=t):
+                out.append(f"{ev}->{t}")
+            case Anomaly():
+                out.append("anomaly")
+    return out
+
+
+def active_model(**kwargs: object) -> ModelCore:
+    core = ModelCore("a", **kwargs)  # type: ignore[arg-type]
+    core.handle(Wake("test"), 0.0)
+    core.handle(HookDone(Hook.WAKE, True), 0.0)
+    assert core.state == "Active"
+    return core
+
+
+def test_a_sleeping_model_queues_requests_until_it_is_awake() -> None:
+    core = ModelCore("a")
+    assert core.handle(Acquire(1), 1.0) == []
+    assert core.handle(Acquire(2), 2.0) == []
+    assert core.report().queue_depth == 2
+    assert core.report().oldest_arrival == 1.0
+    assert kinds(core.handle(Wake("x"), 3.0)) == ["wake->Waking", "hook wake"]
+    effects = core.handle(HookDone(Hook.WAKE, True), 5.0)
+    assert kinds(effects) == ["woke->Active", "grant 1", "grant 2"]
+    waits = [e.waited for e in effects if isinstance(e, Grant)]
+    assert waits == [4.0, 3.0]
+    assert core.report().in_flight == 2 and core.report().queue_depth == 0
+
+
+def test_an_active_model_grants_at_once() -> None:
+    core = active_model()
+    assert core.handle(Acquire(7), 1.0) == [Grant("a", 7, 0.0)]
+
+
+def test_drain_waits_for_the_last_in_flight_request_before_the_sleep_hook() -> None:
+    core = active_model()
+    core.handle(Acquire(1), 1.0)
+    core.handle(Acquire(2), 1.0)
+    assert kinds(core.handle(Drain("switch"), 2.0)) == ["drain->Draining"]
+    assert kinds(core.handle(Finish(1), 3.0)) == []
+    assert kinds(core.handle(Finish(2), 4.0)) == ["drained->SleepingDown", "hook sleep"]
+
+
+def test_a_draining_model_admits_nothing_new() -> None:
+    core = active_model()
+    core.handle(Acquire(1), 1.0)
+    core.handle(Drain("switch"), 2.0)
+    assert core.handle(Acquire(2), 2.5) == []
+    assert core.report().queue_depth == 1 and core.report().in_flight == 1
+
+
+def test_drain_of_an_idle_model_sleeps_at_once() -> None:
+    core = active_model()
+    assert kinds(core.handle(Drain("switch"), 2.0)) == [
+        "drain->Draining",
+        "drained->SleepingDown",
+        "hook sleep",
+    ]
+
+
+def test_without_drain_before_switch_the_sleep_hook_starts_with_requests_in_flight() -> None:
+    core = active_model(drain_before_switch=False)
+    core.handle(Acquire(1), 1.0)
+    assert kinds(core.handle(Drain("switch"), 2.0))[-1] == "hook sleep"
+    assert core.report().in_flight == 1
+    # The request still finishes and releases its slot.
+    core.handle(Finish(1), 3.0)
+    assert core.report().in_flight == 0
+
+
+def test_a_failed_wake_answers_the_queue_runs_the_sleep_hook_and_ends_asleep() -> None:
+    core = ModelCore("a")
+    core.handle(Acquire(1), 0.0)
+    core.handle(Wake("x"), 0.0)
+    effects = core.handle(HookDone(Hook.WAKE, False, "exit status 3: no GPU"), 1.0)
+    assert kinds(effects) == ["wake_failed->SleepingDown", "reject 1 hook_failed", "hook sleep"]
+    reject = next(e for e in effects if isinstance(e, Reject))
+    assert reject.detail == "Hook failed for a: exit status 3: no GPU"
+    assert kinds(core.handle(HookDone(Hook.SLEEP, True), 2.0)) == ["slept->Sleeping"]
+
+
+def test_a_failed_sleep_hook_still_ends_asleep() -> None:
+    core = active_model()
+    core.handle(Drain("x"), 1.0)
+    assert kinds(core.handle(HookDone(Hook.SLEEP, False, "boom"), 2.0)) == [
+        "sleep_failed->Sleeping"
+    ]
+
+
+def test_queued_requests_time_out_in_arrival_order() -> None:
+    core = ModelCore("a", request_timeout=10.0)
+    core.handle(Acquire(1), 0.0)
+    core.handle(Acquire(2), 4.0)
+    assert core.next_deadline() == 10.0
+    assert core.handle(Tick(), 9.9) == []
+    assert kinds(core.handle(Tick(), 10.0)) == ["reject 1 timeout"]
+    assert core.next_deadline() == 14.0
+
+
+def test_no_timeout_means_no_deadline() -> None:
+    core = ModelCore("a")
+    core.handle(Acquire(1), 0.0)
+    assert core.next_deadline() is None
+
+
+@pytest.mark.parametrize("granted", [False, True])
+def test_finish_releases_exactly_what_the_request_held(granted: bool) -> None:
+    core = active_model() if granted else ModelCore("a")
+    core.handle(Acquire(1), 0.0)
+    core.handle(Finish(1), 1.0)
+    report = core.report()
+    assert (report.queue_depth, report.in_flight) == (0, 0)
+    # A second Finish (after a timeout answered it, say) changes nothing.
+    assert core.handle(Finish(1), 2.0) == []
+
+
+def test_shutdown_answers_the_queue_and_refuses_newcomers() -> None:
+    core = ModelCore("a")
+    core.handle(Acquire(1), 0.0)
+    assert kinds(core.handle(Shutdown(), 1.0)) == ["reject 1 shutting_down"]
+    assert kinds(core.handle(Acquire(2), 1.0)) == ["reject 2 shutting_down"]
+
+
+@pytest.mark.parametrize(
+    "message",
+    [Drain("x"), HookDone(Hook.WAKE, True), HookDone(Hook.SLEEP, True)],
+)
+def test_a_message_the_state_cannot_take_is_an_anomaly_not_a_crash(message: object) -> None:
+    core = ModelCore("a")
+    assert kinds(core.handle(message, 0.0)) == ["anomaly"]  # type: ignore[arg-type]
+    assert core.state == "Sleeping"
+
+
+def test_reports_are_sent_only_when_something_changed() -> None:
+    core = active_model()
+    assert core.report_if_changed() is not None
+    assert core.report_if_changed() is None
+    core.handle(Acquire(1), 1.0)
+    assert core.report_if_changed() is not None
