@@ -382,6 +382,8 @@ def _wait_until_serving(
 
 def _cmd_start(args: argparse.Namespace) -> int:
     port: int = args.port
+    if _already_started(Path(args.pidfile)) and _accepts_connections(port):
+        return 0  # a wake hook run twice (e.g. after llmux restarts) must not fail
     if _accepts_connections(port):
         print(f"standin start: 127.0.0.1:{port} is already in use; not starting", file=sys.stderr)
         return 1
@@ -410,6 +412,14 @@ def _cmd_start(args: argparse.Namespace) -> int:
     # It runs on after we exit: tell Popen not to warn that it was never waited for.
     child.returncode = 0
     return 0
+
+
+def _already_started(pidfile: Path) -> bool:
+    try:
+        pid = int(pidfile.read_text().strip())
+    except (OSError, ValueError):
+        return False
+    return _alive(pid) and _is_standin(pid)
 
 
 def _process_state(pid: int) -> str | None:

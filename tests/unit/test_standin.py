@@ -257,6 +257,12 @@ async def test_start_and_stop(tmp_path: Path) -> None:
         assert again.returncode == 1
         assert "already in use" in again.stderr
 
+        same = await trio.to_thread.run_sync(
+            partial(standin_cli, "start", "--port", str(port), "--pidfile", str(pidfile))
+        )
+        assert same.returncode == 0, "starting the same server twice is not an error"
+        assert int(pidfile.read_text()) > 0
+
         client = Client(UpstreamPool(), port)
         reply = await client.post(CHAT, {"model": "m"})
         assert reply.json()["backend"] == "cli"

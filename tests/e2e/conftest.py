@@ -1,0 +1,177 @@
+"""An in-process llmux with real `sh` hooks and gated stand-in backends on loopback.
+
+Each backend refuses completions (503, counted) while its model's `.awake` file is missing,
+and the hooks keep a timestamped log; together they let a test check from the outside that
+no request reached a sleeping model and that at most one model was ever awake.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h11
+import httpx
+import trio
+from prometheus_client.parser import text_string_to_metric_families
+
+from llmux.app import App
+from llmux.config import Config, ModelConfig, PolicySettings
+from llmux.standin import Standin
+
+HOOK = Path(__file__).with_name("hook.sh")
+
+
+class GatedStandin(Standin):
+    def __init__(self, name: str, awake_flag: Path) -> None:
+        super().__init__(name)
+        self.awake_flag = awake_flag
+        self.refused = 0
+
+    async def _dispatch(self, peer: Any, request: h11.Request, body: bytes) -> None:
+        if request.target.startswith(b"/v1/") and not self.awake_flag.exists():
+            self.refused += 1
+            await peer.send_body(503, b'{"error": "model is asleep"}', [])
+            return
+        await super()._dispatch(peer, request, body)
+
+
+@dataclass(frozen=True)
+class HookEvent:
+    at: float
+    model: str
+    action: str  # wake | sleep
+    phase: str  # start | end | failed
+
+
+@dataclass
+class Rig:
+    dir: Path
+    app: App
+    backends: dict[str, GatedStandin]
+    client: httpx.AsyncClient
+    url: str = field(default="")
+
+    # ---- the knobs of hook.sh ----------------------------------------------------------------
+
+    def hook_secs(self, model: str, action: str, secs: float) -> None:
+        (self.dir / f"{model}.{action}_secs").write_text(f"{secs}\n")
+
+    def fail_wake(self, model: str, failing: bool = True) -> None:
+        flag = self.dir / f"{model}.fail_wake"
+        if failing:
+            flag.touch()
+        else:
+            flag.unlink(missing_ok=True)
+
+    # ---- what happened -------------------------------------------------------------------------
+
+    def hook_events(self) -> list[HookEvent]:
+        log = self.dir / "hooks.log"
+        if not log.exists():
+            return []
+        events = []
+        for line in log.read_text().splitlines():
+            at, model, action, phase = line.split()
+            events.append(HookEvent(float(at), model, action, phase))
+        return events
+
+    def hook_runs(self) -> list[str]:
+        """`model:action` for every hook that started, in order."""
+        return [f"{e.model}:{e.action}" for e in self.hook_events() if e.phase == "start"]
+
+    def assert_single_awake(self) -> None:
+        """From the hook log: no wake starts before the previous model's sleep has ended."""
+        awake: set[str] = set()
+        for event in self.hook_events():
+            if event.action == "wake" and event.phase == "start":
+                assert not awake - {event.model}, f"{event.model} woke while {awake} was awake"
+                awake.add(event.model)
+            elif event.action == "sleep" and event.phase == "end":
+                awake.discard(event.model)
+
+    async def hooks_become(self, expected: list[str]) -> None:
+        """Wait (a few seconds at most) until the hook log shows exactly `expected`: hooks are
+        other processes, so polling their log is the only way to see them."""
+        with trio.move_on_after(5.0):
+            while self.hook_runs() != expected:  # noqa: ASYNC110 - the writer is another process
+                await trio.sleep(0.02)
+        assert self.hook_runs() == expected
+
+    def refused(self) -> int:
+        return sum(backend.refused for backend in self.backends.values())
+
+    async def metrics(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        text = (await self.client.get("/metrics")).text
+        return {
+            (sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
+
+    async def metric(self, name: str, **labels: str) -> float:
+        return (await self.metrics()).get((name, frozenset(labels.items())), 0.0)
+
+    async def chat(self, model: str, **fields: Any) -> httpx.Response:
+        return await self.client.post(
+            "/v1/chat/completions",
+            json={"model": model, "messages": [{"role": "user", "content": "hi"}], **fields},
+        )
+
+
+@contextlib.asynccontextmanager
+async def running(
+    tmp_path: Path,
+    models: tuple[str, ...] = ("a", "b"),
+    *,
+    shutdown_grace_secs: float = 5.0,
+    **policy: Any,
+) -> AsyncIterator[Rig]:
+    """llmux and one gated backend per model; on exit, a graceful shutdown, then the check
+    that no request ever reached a sleeping backend."""
+    async with trio.open_nursery() as nursery:
+        backends: dict[str, GatedStandin] = {}
+        ports: dict[str, int] = {}
+        for name in models:
+            backend = GatedStandin(name, tmp_path / f"{name}.awake")
+            listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+            ports[name] = listeners[0].socket.getsockname()[1]
+            nursery.start_soon(trio.serve_listeners, backend.handle_connection, listeners)
+            backends[name] = backend
+        config = Config(
+            models={
+                name: ModelConfig(
+                    port=ports[name],
+                    wake=f"sh {HOOK} wake {tmp_path}",
+                    sleep=f"sh {HOOK} sleep {tmp_path}",
+                )
+                for name in models
+            },
+            policy=PolicySettings(**policy),
+            port=0,
+            shutdown_grace_secs=shutdown_grace_secs,
+            base_dir=str(tmp_path),
+        )
+        app = App(config)
+        stopped = trio.Event()
+
+        async def serve(task_status: trio.TaskStatus[int]) -> None:
+            try:
+                await app.serve(task_status=task_status)
+            finally:
+                stopped.set()
+
+        port = await nursery.start(serve)
+        url = f"http://127.0.0.1:{port}"
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            rig = Rig(tmp_path, app, backends, client, url)
+            yield rig
+        app.shutdown_requested.set()
+        with trio.fail_after(20):
+            await stopped.wait()
+        nursery.cancel_scope.cancel()
+    assert rig.refused() == 0, "a request reached a sleeping backend"
+    rig.assert_single_awake()

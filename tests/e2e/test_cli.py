@@ -1,0 +1,128 @@
+"""`llmux run` as a user runs it: a real process, the bundled example, signals, bad configs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+ONE_MODEL = {"a": {"port": 8000, "wake": "true", "sleep": "true"}}
+EXAMPLE = Path(__file__).parents[2] / "examples" / "config.json"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def llmux(*args: str, **kwargs: object) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "llmux", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,  # type: ignore[call-overload]
+    )
+
+
+@contextmanager
+def example_server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """The bundled example on free ports, with its pid files under `tmp_path`."""
+    config = json.loads(EXAMPLE.read_text())
+    for model in config["models"].values():
+        model["port"] = free_port()
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    process = llmux("run", str(path), "--port", "0", env=env)
+    try:
+        assert process.stderr is not None
+        for line in process.stderr:
+            record = json.loads(line)
+            if record["event"] == "listening":
+                yield process, f"http://127.0.0.1:{record['port']}"
+                break
+        else:
+            pytest.fail(f"llmux exited with {process.wait()} before listening")
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_the_bundled_example_serves_switches_and_stops_cleanly_on_sigterm(
+    tmp_path: Path,
+) -> None:
+    with example_server(tmp_path) as (process, url):
+        models = httpx.get(f"{url}/v1/models").json()["data"]
+        names = [model["id"] for model in models]
+        assert names == ["llama-large", "qwen-small"]
+        for name in [*names, *names]:
+            reply = httpx.post(
+                f"{url}/v1/chat/completions",
+                json={"model": name, "messages": [{"role": "user", "content": "hi"}]},
+                timeout=30,
+            )
+            assert reply.status_code == 200, reply.text
+            assert reply.json()["model"] == name
+        assert sorted(p.name for p in tmp_path.glob("*.pid")) == ["llmux-example-qwen-small.pid"]
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+        assert time.monotonic() - started < 10
+    # The awake model was put to sleep: its stand-in server is gone.
+    assert list(tmp_path.glob("*.pid")) == []
+
+
+@pytest.mark.parametrize(
+    ("config", "complaint"),
+    [
+        ({"models": {"a": {"port": "x", "wake": "true", "sleep": "true"}}}, "models.a.port"),
+        ({"models": {"a": {"port": 1, "wake": "true"}}}, "models.a"),
+        ({"models": {}}, "models"),
+        ({"models": ONE_MODEL, "polcy": {}}, "polcy"),
+        ({"models": ONE_MODEL, "policy": {"request_timeout_secs": -1}}, "request_timeout_secs"),
+        ({"models": ONE_MODEL, "policy": {"type": "no-such-policy"}}, "no-such-policy"),
+    ],
+)
+def test_a_bad_config_prints_one_line_naming_the_field_and_exits_2(
+    tmp_path: Path, config: dict[str, object], complaint: str
+) -> None:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    process = llmux("run", str(path))
+    _out, err = process.communicate(timeout=30)
+    assert process.returncode == 2
+    assert len(err.strip().splitlines()) == 1, err
+    assert complaint in err
+    assert "Traceback" not in err
+
+
+def test_a_missing_config_and_unparseable_yaml_are_config_errors(tmp_path: Path) -> None:
+    missing = llmux("run", str(tmp_path / "nope.json"))
+    assert missing.wait(timeout=30) == 2
+    bad = tmp_path / "config.yaml"
+    bad.write_text("models: [unclosed\n")
+    process = llmux("run", str(bad))
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 2
+    assert err.startswith("llmux: config error:")
+
+
+def test_version() -> None:
+    process = llmux("--version")
+    out, _ = process.communicate(timeout=30)
+    assert process.returncode == 0
+    assert out.startswith("llmux ")
