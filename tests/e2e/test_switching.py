@@ -141,3 +141,31 @@ async def test_requests_arriving_while_a_model_drains_wait_for_its_next_activati
             nursery.start_soon(ask, "late-a", "a")
         assert results == {"slow-a": "a", "b": "b", "late-a": "a"}
         assert rig.hook_runs() == ["a:wake", "a:sleep", "b:wake", "b:sleep", "a:wake"]
+
+
+async def test_switch_costs_are_tracked_per_direction_and_cold_starts_apart(
+    tmp_path: Path,
+) -> None:
+    async with running(tmp_path) as rig:
+        rig.hook_secs("a", "wake", 0.1)
+        rig.hook_secs("b", "wake", 0.4)
+        rig.hook_secs("a", "sleep", 0.05)
+        rig.hook_secs("b", "sleep", 0.05)
+
+        async def cost(source: str, target: str) -> float:
+            return await rig.metric(
+                "llmux_switch_cost_ema_seconds", **{"from": source, "to": target}
+            )
+
+        costs = rig.app.scheduler.core.costs
+        assert costs.estimate(None, "a") is None
+        await rig.chat("a")
+        assert await cost("idle", "a") >= 0.1
+        await rig.chat("b")
+        a_to_b = await cost("a", "b")
+        assert a_to_b >= 0.45
+        assert costs.estimate("b", "a") is None
+        await rig.chat("a")
+        b_to_a = await cost("b", "a")
+        assert 0.15 <= b_to_a < a_to_b
+        assert await cost("idle", "b") == 0, "a warm switch is not a cold start"
