@@ -108,3 +108,19 @@ async def test_queued_requests_are_answered_503_on_shutdown(tmp_path: Path) -> N
     assert answered_at - shutdown_at < 0.5
     # b's wake was allowed to finish, then b was put to sleep: nothing is left awake.
     assert rig.hook_runs() == ["a:wake", "a:sleep", "b:wake", "b:sleep"]
+
+
+async def test_a_stream_in_progress_at_shutdown_is_finished_before_its_model_sleeps(
+    tmp_path: Path,
+) -> None:
+    body = bytearray()
+    async with running(tmp_path) as rig:
+        request = {"model": "a", "stream": True, "max_tokens": 20, "chunk_delay": 0.03}
+        async with rig.client.stream("POST", "/v1/chat/completions", json=request) as reply:
+            async for chunk in reply.aiter_bytes():
+                if not body:
+                    rig.app.shutdown_requested.set()
+                body += chunk
+    assert body.endswith(b"data: [DONE]\n\n")
+    assert body.count(b"data: ") == 22
+    assert rig.hook_runs() == ["a:wake", "a:sleep"]
