@@ -1,4 +1,4 @@
-"""Command line: `llmux run CONFIG`, `llmux diagram`, `llmux --version`."""
+"""Command line: `llmux run CONFIG`, `llmux simulate CONFIG`, `llmux diagram`, `llmux --version`."""
 
 from __future__ import annotations
 
@@ -26,6 +26,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-v", "--verbose", action="store_true", help="readable text logs, debug")
 
     commands.add_parser("diagram", help="print the state machines as mermaid (the state diagram)")
+
+    from llmux import simulate
+
+    simulate.add_parser(commands)
     return parser
 
 
@@ -38,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
 
         sys.stdout.write(render_markdown())
         return 0
+    if args.command == "simulate":
+        from llmux import simulate
+
+        return simulate.main(args)
     _parser().print_help()
     return 2
 
