@@ -8,6 +8,8 @@ the waiting.
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import signal
 
 import trio
@@ -24,9 +26,6 @@ from llmux.server import Frontend
 from llmux.telemetry import Telemetry
 from llmux.upstream import UpstreamPool
 
-DEFAULT_WAKE_TIMEOUT_SECS = 600.0
-DEFAULT_SLEEP_TIMEOUT_SECS = 300.0
-
 
 class App:
     def __init__(self, config: Config) -> None:
@@ -40,12 +39,13 @@ class App:
                     name,
                     request_timeout=settings.request_timeout_secs,
                     drain_before_switch=settings.drain_before_switch,
+                    max_queue=model_config.max_queue,
                 ),
                 model_config,
                 hook_cwd=config.base_dir,
                 hook_timeouts={
-                    Hook.WAKE: DEFAULT_WAKE_TIMEOUT_SECS,
-                    Hook.SLEEP: DEFAULT_SLEEP_TIMEOUT_SECS,
+                    Hook.WAKE: model_config.wake_timeout_secs,
+                    Hook.SLEEP: model_config.sleep_timeout_secs,
                 },
                 telemetry=self.telemetry,
             )
@@ -58,7 +58,14 @@ class App:
             telemetry=self.telemetry,
         )
         self.pool = UpstreamPool()
-        self.frontend = Frontend(self.model_actors, self.pool, self.metrics, self.telemetry)
+        self.frontend = Frontend(
+            self.model_actors,
+            self.pool,
+            self.metrics,
+            self.telemetry,
+            limits=config.limits,
+            api_keys=config.api_keys,
+        )
         self.shutdown_requested = trio.Event()
         self.port: int | None = None
 
@@ -88,6 +95,14 @@ class App:
                     port=self.port,
                     models=sorted(self.model_actors),
                 )
+                if not self.config.api_keys and not _is_loopback(host):
+                    log_event(
+                        "insecure_listen",
+                        f"listening on {host} without api_keys: anyone who can reach this "
+                        "address can use (and wake) every model",
+                        level=logging.WARNING,
+                        host=host,
+                    )
                 task_status.started(self.port)
                 await self.shutdown_requested.wait()
                 log_event("shutdown_started", "shutting down: no new connections")
@@ -99,7 +114,8 @@ class App:
                 with trio.move_on_after(self.config.shutdown_grace_secs):
                     await self.frontend.wait_all_closed()
                 connections.cancel_scope.cancel()
-            with trio.move_on_after(DEFAULT_SLEEP_TIMEOUT_SECS + 5):
+            longest_sleep = max(m.sleep_timeout_secs for m in self.config.models.values())
+            with trio.move_on_after(longest_sleep + 5):
                 await self.scheduler.quiet.wait()
             await self.pool.aclose()
             actors.cancel_scope.cancel()
@@ -132,3 +148,12 @@ async def run(config: Config, *, host: str | None = None, port: int | None = Non
         nursery.start_soon(app.watch_signals)
         await app.serve(host=host, port=port)
         nursery.cancel_scope.cancel()
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

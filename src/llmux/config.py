@@ -32,6 +32,27 @@ class ModelConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     wake: str
     sleep: str
     alive: str | None = None
+    # A hook past its time is killed with its whole process group and counts as failed.
+    wake_timeout_secs: PositiveSeconds = 600.0
+    sleep_timeout_secs: PositiveSeconds = 300.0
+    alive_timeout_secs: PositiveSeconds = 10.0
+    # While Active, run `alive` this often; a failed probe takes the model out of service.
+    # null: never (the model is still probed once at start-up when it has an `alive` hook).
+    health_interval_secs: PositiveSeconds | None = None
+    # Requests allowed to wait for this model; more get 503 with Retry-After.
+    max_queue: Annotated[int, msgspec.Meta(ge=1)] = 1024
+
+
+class Limits(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=1)] = 64 * 1024 * 1024
+    max_header_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 32 * 1024
+    max_headers: Annotated[int, msgspec.Meta(ge=1)] = 100
+    # From a connection's first byte (or the end of its previous response) to the end of the
+    # request's headers: a client that trickles its headers is cut off (slowloris).
+    header_timeout_secs: PositiveSeconds = 10.0
+    # Longest pause between two reads of a request body.
+    body_timeout_secs: PositiveSeconds = 60.0
+    keepalive_idle_secs: PositiveSeconds = 120.0
 
 
 class PolicySettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -48,6 +69,8 @@ class _RawConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     port: ListenPort = 3000
     host: str = "127.0.0.1"
     shutdown_grace_secs: Seconds = 30.0
+    api_keys: list[Annotated[str, msgspec.Meta(min_length=1)]] = []
+    limits: Limits = Limits()
 
 
 class Config(msgspec.Struct, frozen=True):
@@ -57,6 +80,8 @@ class Config(msgspec.Struct, frozen=True):
     port: int = 3000
     host: str = "127.0.0.1"
     shutdown_grace_secs: float = 30.0
+    api_keys: list[str] = []
+    limits: Limits = Limits()
     # Hooks run here, so a relative path in a hook means "next to the config file".
     base_dir: str = "."
 
@@ -122,6 +147,8 @@ def build_config(raw: _RawConfig, *, base_dir: str, origin: str) -> Config:
         port=raw.port,
         host=raw.host,
         shutdown_grace_secs=raw.shutdown_grace_secs,
+        api_keys=raw.api_keys,
+        limits=raw.limits,
         base_dir=base_dir,
     )
 

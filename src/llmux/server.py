@@ -8,24 +8,23 @@ watched: a client that hangs up is noticed at once and its request withdrawn.
 
 from __future__ import annotations
 
+import hmac
 import itertools
 import math
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import h11
 import msgspec
 import trio
 
 from llmux.actors import ModelActor
+from llmux.config import Limits
 from llmux.core.messages import Reject, RejectReason
 from llmux.metrics import Metrics
 from llmux.telemetry import Telemetry
 from llmux.upstream import UpstreamError, UpstreamPool
 
 RECEIVE_SIZE = 65536
-MAX_BODY_BYTES = 64 * 1024 * 1024
-MAX_HEADER_BYTES = 32 * 1024
-KEEPALIVE_IDLE_SECS = 120.0
 # Bytes of a pipelined next request we are willing to hold while answering this one.
 MAX_PIPELINED_BYTES = 64 * 1024
 CLIENT_GONE = 499  # nginx's status for "client closed the connection"
@@ -51,14 +50,20 @@ _REJECT_STATUS = {
     RejectReason.TIMEOUT: 504,
     RejectReason.HOOK_FAILED: 500,
     RejectReason.SHUTTING_DOWN: 503,
+    RejectReason.QUEUE_FULL: 503,
 }
+# A full queue empties when its model next wakes; a switch typically takes seconds.
+QUEUE_FULL_RETRY_AFTER = (b"retry-after", b"5")
+# Routes that answer without a key, so a load balancer can probe llmux.
+_OPEN_PATHS = frozenset({b"/health"})
 
 
 class HttpError(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, kind: str = "llmux_error") -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.kind = kind
 
 
 def error_body(message: str, kind: str = "llmux_error") -> bytes:
@@ -90,6 +95,23 @@ def extract_model(body: bytes) -> str:
     return model
 
 
+def presented_key(headers: Sequence[tuple[bytes, bytes]]) -> bytes | None:
+    for name, value in headers:
+        if name == b"authorization" and value[:7].lower() == b"bearer ":
+            return value[7:].strip()
+        if name == b"x-api-key":
+            return value.strip()
+    return None
+
+
+def key_is_valid(presented: bytes | None, keys: Sequence[bytes]) -> bool:
+    """Compares against every key, each in constant time, so timing reveals nothing."""
+    valid = False
+    for key in keys:
+        valid |= hmac.compare_digest(presented or b"", key)
+    return valid
+
+
 def forwardable(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     listed = {
         token.strip().lower()
@@ -109,11 +131,16 @@ class Frontend:
         pool: UpstreamPool,
         metrics: Metrics,
         telemetry: Telemetry,
+        *,
+        limits: Limits | None = None,
+        api_keys: Sequence[str] = (),
     ) -> None:
         self.models = dict(models)
         self.pool = pool
         self.metrics = metrics
         self.telemetry = telemetry
+        self.limits = limits if limits is not None else Limits()
+        self.api_keys = [key.encode() for key in api_keys]
         self.closing = False
         self._ids = itertools.count()
         self._idle: set[trio.CancelScope] = set()
@@ -157,7 +184,10 @@ class HttpConnection:
     def __init__(self, stream: trio.SocketStream, frontend: Frontend) -> None:
         self.stream = stream
         self.frontend = frontend
-        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
+        self.limits = frontend.limits
+        self.conn = h11.Connection(
+            h11.SERVER, max_incomplete_event_size=self.limits.max_header_bytes
+        )
 
     # ---- plumbing ----------------------------------------------------------------------------
 
@@ -181,22 +211,33 @@ class HttpConnection:
         *,
         content_type: tuple[bytes, bytes] = JSON,
         close: bool = False,
+        extra: Sequence[tuple[bytes, bytes]] = (),
     ) -> None:
-        headers = [content_type, (b"content-length", str(len(body)).encode())]
+        headers = [content_type, (b"content-length", str(len(body)).encode()), *extra]
         if close or self.frontend.closing:
             headers.append((b"connection", b"close"))
         await self._send(h11.Response(status_code=status, headers=headers))
         await self._send(h11.Data(data=body))
         await self._send(h11.EndOfMessage())
 
-    async def _respond_error(self, status: int, message: str, *, close: bool = False) -> None:
-        await self._respond(status, error_body(message), close=close)
+    async def _respond_error(
+        self,
+        status: int,
+        message: str,
+        *,
+        close: bool = False,
+        kind: str = "llmux_error",
+        extra: Sequence[tuple[bytes, bytes]] = (),
+    ) -> None:
+        await self._respond(status, error_body(message, kind), close=close, extra=extra)
 
     # ---- the connection loop ----------------------------------------------------------------
 
     async def serve(self) -> None:
         try:
-            while await self._serve_one():
+            first = True
+            while await self._serve_one(first):
+                first = False
                 if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
                     self.conn.start_next_cycle()
                 else:
@@ -208,35 +249,60 @@ class HttpConnection:
         finally:
             await trio.aclose_forcefully(self.stream)
 
-    async def _serve_one(self) -> bool:
+    async def _serve_one(self, first: bool) -> bool:
         """Serve one request; False when the connection should close."""
         # Waiting for a request is the only time a connection may be dropped at will: by the
-        # keep-alive timeout, or because the server is closing.
-        idle = trio.CancelScope(deadline=trio.current_time() + KEEPALIVE_IDLE_SECS)
+        # keep-alive timeout, or because the server is closing. A new connection, or one that
+        # has started sending a request, gets only the (short) header timeout.
+        now = trio.current_time()
+        pending = bool(self.conn.trailing_data[0])
+        wait = self.limits.keepalive_idle_secs
+        if first or pending:
+            wait = self.limits.header_timeout_secs
+        idle = trio.CancelScope(deadline=now + wait)
         if self.frontend.closing:
             idle.cancel()
         self.frontend._idle.add(idle)
         try:
             with idle:
-                event = await self._next_event()
+                event = await self._next_request(idle)
                 if isinstance(event, h11.Request):
                     self.frontend._idle.discard(idle)
                     idle.deadline = math.inf
                     await self._handle(event)
                     return not self.frontend.closing
+                return False
+            if idle.cancelled_caught and self.conn.trailing_data[0] and not self.frontend.closing:
+                await self._answer_and_close(408, "Timed out reading the request headers")
             return False
         finally:
             self.frontend._idle.discard(idle)
 
+    async def _next_request(self, idle: trio.CancelScope) -> h11.Event | type[h11.PAUSED]:
+        while True:
+            event = self.conn.next_event()
+            if event is not h11.NEED_DATA:
+                return event  # type: ignore[return-value]
+            data = await self.stream.receive_some(RECEIVE_SIZE)
+            if data and idle.deadline - trio.current_time() > self.limits.header_timeout_secs:
+                # The first byte of a request: the rest of its headers must follow promptly.
+                idle.deadline = trio.current_time() + self.limits.header_timeout_secs
+            self.conn.receive_data(data)
+
     async def _answer_protocol_error(self, exc: h11.RemoteProtocolError) -> None:
         if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
-        status = exc.error_status_hint or 400
+        await self._answer_and_close(exc.error_status_hint or 400, f"Malformed HTTP request: {exc}")
+
+    async def _answer_and_close(self, status: int, message: str) -> None:
+        """Answer a request that h11 never parsed (garbled, or never finished)."""
         try:
-            self.conn = h11.Connection(h11.SERVER)  # the old one refuses to send after an error
+            # h11 only responds to a request it has seen, and the old connection refuses to
+            # send after an error: give a fresh one a stand-in request.
+            self.conn = h11.Connection(h11.SERVER)
             self.conn.receive_data(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
             self.conn.next_event()
-            await self._respond_error(status, f"Malformed HTTP request: {exc}", close=True)
+            await self._respond_error(status, message, close=True)
         except (trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError):
             pass
 
@@ -247,12 +313,16 @@ class HttpConnection:
             await self._send(h11.InformationalResponse(status_code=100, headers=[]))
         chunks: list[bytes] = []
         size = 0
+        limit = self.limits.max_body_bytes
         while True:
-            event = await self._next_event()
+            with trio.move_on_after(self.limits.body_timeout_secs) as waiting:
+                event = await self._next_event()
+            if waiting.cancelled_caught:
+                raise HttpError(408, "Timed out reading the request body")
             if isinstance(event, h11.Data):
                 size += len(event.data)
-                if size > MAX_BODY_BYTES:
-                    raise HttpError(413, f"Request body larger than {MAX_BODY_BYTES} bytes")
+                if size > limit:
+                    raise HttpError(413, f"Request body larger than {limit} bytes")
                 chunks.append(bytes(event.data))
             elif isinstance(event, h11.EndOfMessage):
                 return b"".join(chunks)
@@ -263,6 +333,17 @@ class HttpConnection:
         path = request.target.split(b"?", 1)[0]
         method = request.method
         try:
+            if len(request.headers) > self.limits.max_headers:
+                raise HttpError(431, f"More than {self.limits.max_headers} request headers")
+            if self.frontend.api_keys and path not in _OPEN_PATHS:
+                presented = presented_key(request.headers)
+                if not key_is_valid(presented, self.frontend.api_keys):
+                    why = "Invalid API key" if presented is not None else "Missing API key"
+                    raise HttpError(
+                        401,
+                        f"{why}: send `Authorization: Bearer KEY` or `x-api-key: KEY`",
+                        "authentication_error",
+                    )
             body = await self._read_body()
             if method == b"GET" and path == b"/v1/models":
                 await self._respond(200, self.frontend.models_listing)
@@ -279,7 +360,7 @@ class HttpConnection:
         except HttpError as exc:
             # A refused body was not read to its end, so the connection cannot be reused.
             close = self.conn.their_state is not h11.DONE
-            await self._respond_error(exc.status, exc.message, close=close)
+            await self._respond_error(exc.status, exc.message, close=close, kind=exc.kind)
 
     async def _proxy(self, request: h11.Request, body: bytes) -> None:
         model = extract_model(body)
@@ -297,7 +378,9 @@ class HttpConnection:
                 outcome = await ticket.wait()
                 if isinstance(outcome, Reject):
                     status = _REJECT_STATUS[outcome.reason]
-                    await self._respond_error(status, outcome.detail)
+                    full = outcome.reason is RejectReason.QUEUE_FULL
+                    extra = [QUEUE_FULL_RETRY_AFTER] if full else []
+                    await self._respond_error(status, outcome.detail, extra=extra)
                     return
                 status = await self._forward(request, body, actor)
 

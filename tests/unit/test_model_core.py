@@ -13,6 +13,7 @@ from llmux.core.messages import (
     Hook,
     HookDone,
     Reject,
+    RejectReason,
     RunHook,
     Shutdown,
     Tick,
@@ -171,3 +172,21 @@ def test_reports_are_sent_only_when_something_changed() -> None:
     assert core.report_if_changed() is None
     core.handle(Acquire(1), 1.0)
     assert core.report_if_changed() is not None
+
+
+def test_a_full_queue_refuses_new_waiters_but_never_the_active_model() -> None:
+    core = ModelCore("m", max_queue=2)
+    assert core.handle(Acquire(1), 0.0) == []
+    assert core.handle(Acquire(2), 0.0) == []
+    [refusal] = core.handle(Acquire(3), 0.0)
+    assert isinstance(refusal, Reject)
+    assert refusal.reason is RejectReason.QUEUE_FULL
+    assert "max_queue 2" in refusal.detail
+    core.handle(Finish(1), 0.1)  # a waiter left: there is room again
+    assert core.handle(Acquire(4), 0.2) == []
+    core.handle(Wake("test"), 0.3)
+    core.handle(HookDone(Hook.WAKE, True, ""), 1.0)
+    # Active: requests are admitted, not queued, so the bound does not apply.
+    for req_id in range(10, 20):
+        [grant] = core.handle(Acquire(req_id), 1.0)
+        assert isinstance(grant, Grant)

@@ -23,6 +23,7 @@ class RejectReason(enum.StrEnum):
     TIMEOUT = "timeout"
     HOOK_FAILED = "hook_failed"
     SHUTTING_DOWN = "shutting_down"
+    QUEUE_FULL = "queue_full"
 
 
 # ---- messages to a model actor -------------------------------------------------------------

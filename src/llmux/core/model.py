@@ -50,10 +50,12 @@ class ModelCore:
         *,
         request_timeout: float | None = None,
         drain_before_switch: bool = True,
+        max_queue: int | None = None,
     ) -> None:
         self.name = name
         self.request_timeout = request_timeout
         self.drain_before_switch = drain_before_switch
+        self.max_queue = max_queue
         self._machine = ModelLifecycle()
         self.state: str = SLEEPING
         self.state_since = 0.0
@@ -133,6 +135,9 @@ class ModelCore:
         if self.state == ACTIVE:
             self.in_flight.add(req_id)
             return [Grant(self.name, req_id, 0.0)]
+        if self.max_queue is not None and len(self.queue) >= self.max_queue:
+            detail = f"Too many requests waiting for {self.name} (max_queue {self.max_queue})"
+            return [Reject(self.name, req_id, RejectReason.QUEUE_FULL, detail, 0.0)]
         timeout = self.request_timeout
         deadline = now + timeout if timeout is not None else math.inf
         self.queue[req_id] = Waiter(now, deadline)
