@@ -136,3 +136,22 @@ def test_a_policy_tick_can_drive_the_switch() -> None:
     drain = next(t for t in world.transitions if t.subject == "a" and t.event == "drain")
     assert drain.at >= 10.0
     assert world.requests[b].finished_at is not None
+
+
+def test_a_report_that_crossed_the_wake_command_is_not_taken_for_a_failed_wake() -> None:
+    """The model actor may report (still Sleeping, more waiters) after the scheduler sent
+    Wake but before the model handled it; that is not the wake failing."""
+    from llmux.core.messages import ModelReport, SendWake, SwitchFinished
+    from llmux.core.scheduler import SchedulerCore
+
+    core = SchedulerCore(["a"], FifoPolicy())
+    effects = core.handle(ModelReport("a", "Sleeping", 1, 0.0, 0, None, epoch=0), 0.0)
+    assert any(isinstance(e, SendWake) for e in effects)
+    crossed = core.handle(ModelReport("a", "Sleeping", 5, 0.0, 0, None, epoch=0), 0.01)
+    assert not any(isinstance(e, SwitchFinished) for e in crossed)
+    assert core.phase == "Waking"
+    assert core.views["a"].queue_depth == 5
+    assert core.awake() == ["a"], "a is waking as far as the scheduler knows"
+    done = core.handle(ModelReport("a", "Active", 0, None, 5, 0.3, epoch=2), 0.3)
+    [finished] = [e for e in done if isinstance(e, SwitchFinished)]
+    assert finished.result == "success"

@@ -82,6 +82,10 @@ class ModelReport(msgspec.Struct, frozen=True):
     oldest_arrival: float | None
     in_flight: int
     active_since: float | None
+    # How many lifecycle transitions the model had taken: reports cross commands in flight
+    # (a report sent just before a Wake was handled still says Sleeping), and this tells
+    # the scheduler which reports predate its last command.
+    epoch: int = 0
 
 
 SchedulerInput = ModelReport | Tick | Shutdown

@@ -65,6 +65,7 @@ class ModelCore:
         self.queue: dict[int, Waiter] = {}
         self.in_flight: set[int] = set()
         self.closing = False
+        self.epoch = 0
         self._last_report: ModelReport | None = None
 
     # ---- queries ---------------------------------------------------------------------------
@@ -88,6 +89,7 @@ class ModelCore:
             oldest_arrival=self.oldest_arrival(),
             in_flight=len(self.in_flight),
             active_since=self.active_since,
+            epoch=self.epoch,
         )
 
     def report_if_changed(self) -> ModelReport | None:
@@ -196,6 +198,7 @@ class ModelCore:
         self._machine.send(event)
         self.state = state_name(self._machine)
         self.state_since = now
+        self.epoch += 1
         return [Transition("ModelLifecycle", self.name, source, self.state, event, cause, now)]
 
     def _refuse(self, message: str) -> list[ModelEffect]:

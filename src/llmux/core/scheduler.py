@@ -31,7 +31,7 @@ from llmux.core.messages import (
     Tick,
     Transition,
 )
-from llmux.core.model import ACTIVE, SLEEPING, SLEEPING_DOWN, WAKING
+from llmux.core.model import ACTIVE, DRAINING, SLEEPING, SLEEPING_DOWN, WAKING
 from llmux.core.policy import (
     Defer,
     PendingContext,
@@ -78,6 +78,8 @@ class SchedulerCore:
         self.switch: SwitchRecord | None = None
         self.last_decision = "none yet"
         self._demand: set[str] = set()
+        # Per model, the first epoch that reflects our last command to it (see ModelReport).
+        self._commanded_epoch: dict[str, int] = dict.fromkeys(models, 0)
         self._settle_until = math.inf
         self._backoff_until = math.inf
         self._failed_model: str | None = None
@@ -126,6 +128,16 @@ class SchedulerCore:
         if report.model not in self.views:
             effects.append(Anomaly(SCHEDULER, f"report from unknown model {report.model!r}"))
             return
+        if report.epoch < self._commanded_epoch[report.model]:
+            # Sent before the model handled our last command: its queue figures are news,
+            # its lifecycle state is not (we already know what we told it to do).
+            previous = self.views[report.model]
+            report = msgspec.structs.replace(
+                report,
+                state=previous.state,
+                active_since=previous.active_since,
+                epoch=previous.epoch,
+            )
         self.views[report.model] = report
         if report.queue_depth:
             self._demand.add(report.model)
@@ -375,6 +387,7 @@ class SchedulerCore:
         assert switch.from_model is not None
         switch.drain_started_at = now
         self._take("retire", switch.reason, now, effects)
+        self._command(switch.from_model, DRAINING)
         effects.append(SendDrain(switch.from_model, switch.reason))
 
     def _wake(self, switch: SwitchRecord, now: float, effects: list[SchedulerEffect]) -> None:
@@ -389,7 +402,14 @@ class SchedulerCore:
             return
         switch.wake_started_at = now
         self._take("wake", switch.reason, now, effects)
+        self._command(_target(switch), WAKING)
         effects.append(SendWake(_target(switch), switch.reason))
+
+    def _command(self, model: str, expected_state: str) -> None:
+        """Record that `model` was told to move on, so older reports cannot undo it."""
+        view = self.views[model]
+        self.views[model] = msgspec.structs.replace(view, state=expected_state)
+        self._commanded_epoch[model] = view.epoch + 1
 
     def _take(self, event: str, cause: str, now: float, effects: list[SchedulerEffect]) -> None:
         source = self.phase
