@@ -11,7 +11,7 @@ handling a message is synchronous and short.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import trio
 
@@ -156,7 +156,12 @@ class ModelActor:
                     self.telemetry.anomaly(effect)
 
     async def _run_hook(self, hook: Hook) -> None:
-        command = self.config.wake if hook is Hook.WAKE else self.config.sleep
+        commands = {Hook.WAKE: self.config.wake, Hook.SLEEP: self.config.sleep}
+        command = commands.get(hook, self.config.alive)
+        if command is None:
+            # The config refuses health checks without an alive hook; never hang on it.
+            self.post(HookDone(hook, True, "no alive hook"))
+            return
         outcome = await run_hook(
             command,
             model=self.name,
@@ -181,6 +186,7 @@ class SchedulerActor:
         self.telemetry = telemetry
         self._send, self._receive = trio.open_memory_channel[SchedulerInput](math.inf)
         self.quiet = trio.Event()
+        self._handled = trio.Event()
         for actor in self.models.values():
             actor.scheduler = self
 
@@ -196,6 +202,13 @@ class SchedulerActor:
             self._perform(self.core.handle(message, trio.current_time()))
             if self.core.closing and self.core.is_quiet():
                 self.quiet.set()
+            self._handled.set()
+            self._handled = trio.Event()
+
+    async def wait_for(self, condition: Callable[[SchedulerCore], bool]) -> None:
+        """Until the core, after handling some message, satisfies `condition`."""
+        while not condition(self.core):
+            await self._handled.wait()
 
     def _perform(self, effects: Sequence[object]) -> None:
         for effect in effects:

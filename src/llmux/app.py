@@ -15,10 +15,12 @@ import signal
 import trio
 
 from llmux.actors import ModelActor, SchedulerActor
-from llmux.config import Config
-from llmux.core.messages import Hook
+from llmux.config import Config, ModelConfig
+from llmux.core.messages import Adopt, Hook
 from llmux.core.model import ModelCore
 from llmux.core.scheduler import SchedulerCore
+from llmux.core.startup import plan_startup
+from llmux.hooks import run_hook
 from llmux.logs import log_event
 from llmux.metrics import Metrics
 from llmux.policies import build_policy
@@ -40,12 +42,14 @@ class App:
                     request_timeout=settings.request_timeout_secs,
                     drain_before_switch=settings.drain_before_switch,
                     max_queue=model_config.max_queue,
+                    health_interval=model_config.health_interval_secs,
                 ),
                 model_config,
                 hook_cwd=config.base_dir,
                 hook_timeouts={
                     Hook.WAKE: model_config.wake_timeout_secs,
                     Hook.SLEEP: model_config.sleep_timeout_secs,
+                    Hook.ALIVE: model_config.alive_timeout_secs,
                 },
                 telemetry=self.telemetry,
             )
@@ -83,6 +87,7 @@ class App:
             actors.start_soon(self.scheduler.run)
             for actor in self.model_actors.values():
                 actors.start_soon(actor.run)
+            await self._adopt_awake_models()
             listeners = await trio.open_tcp_listeners(port, host=host)
             self.port = listeners[0].socket.getsockname()[1]
             async with trio.open_nursery() as connections:
@@ -120,6 +125,53 @@ class App:
             await self.pool.aclose()
             actors.cancel_scope.cancel()
         log_event("shutdown_complete", "llmux stopped")
+
+    async def _adopt_awake_models(self) -> None:
+        """Probe the models that have an `alive` hook before serving anything."""
+        alive: dict[str, bool] = {}
+
+        async def probe(name: str, model: ModelConfig) -> None:
+            assert model.alive is not None
+            outcome = await run_hook(
+                model.alive,
+                model=name,
+                port=model.port,
+                cwd=self.config.base_dir,
+                timeout=model.alive_timeout_secs,
+            )
+            alive[name] = outcome.ok
+
+        async with trio.open_nursery() as probes:
+            for name, model in self.config.models.items():
+                if model.alive is not None:
+                    probes.start_soon(probe, name, model)
+        plan = plan_startup(list(self.config.models), alive)
+        async with trio.open_nursery() as sleepers:
+            for name in plan.put_to_sleep:
+                log_event(
+                    "startup_sleep",
+                    f"{name} was awake at start-up besides {plan.adopt}: putting it to sleep",
+                    level=logging.WARNING,
+                    model=name,
+                )
+                sleepers.start_soon(self._sleep_now, name)
+        if plan.adopt is not None:
+            self.model_actors[plan.adopt].post(Adopt("alive hook succeeded at start-up"))
+            # Serve nothing before the scheduler knows: a request for another model must not
+            # find the GPU looking free.
+            adopted = plan.adopt
+            await self.scheduler.wait_for(lambda core: core.active == adopted)
+
+    async def _sleep_now(self, name: str) -> None:
+        model = self.config.models[name]
+        outcome = await run_hook(
+            model.sleep,
+            model=name,
+            port=model.port,
+            cwd=self.config.base_dir,
+            timeout=model.sleep_timeout_secs,
+        )
+        self.telemetry.hook_finished(name, Hook.SLEEP, outcome)
 
     async def _accept(
         self,

@@ -129,6 +129,10 @@ def build_config(raw: _RawConfig, *, base_dir: str, origin: str) -> Config:
         except msgspec.ValidationError as exc:
             where = f"models.{name}"
             raise ConfigError(f"{origin}: {_with_field(str(exc), prefix=where)}") from exc
+        if models[name].health_interval_secs is not None and models[name].alive is None:
+            raise ConfigError(
+                f"{origin}: models.{name}.health_interval_secs: needs an `alive` hook to run"
+            )
     known = set(PolicySettings.__struct_fields__)
     settings_part = {k: v for k, v in raw.policy.items() if k in known}
     options = {k: v for k, v in raw.policy.items() if k not in known}

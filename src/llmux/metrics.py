@@ -109,5 +109,12 @@ class Metrics:
             "llmux_hook_failures", "Failed hook runs", ["model", "hook"], registry=r
         )
 
+        self.model_deaths = Counter(
+            "llmux_model_deaths",
+            "Active models taken out of service because their alive hook failed",
+            ["model"],
+            registry=r,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -40,8 +40,27 @@ class Telemetry:
         )
         if t.machine != "ModelLifecycle":
             return
-        if t.event == "woke":
+        if t.event in ("woke", "adopt"):
             self._woke_at[t.subject] = t.at
+            if t.event == "adopt":
+                log_event(
+                    "model_adopted",
+                    f"{t.subject} was already awake at start-up: serving it as it is",
+                    model=t.subject,
+                )
+        elif t.event == "died":
+            self.metrics.model_deaths.labels(t.subject).inc()
+            woke_at = self._woke_at.pop(t.subject, None)
+            if woke_at is not None:
+                self.metrics.model_active_duration.labels(t.subject).observe(t.at - woke_at)
+            log_event(
+                "model_died",
+                f"{t.subject} failed its health check and leaves service ({t.cause}); "
+                "requests waiting for it will wake it again",
+                level=logging.ERROR,
+                model=t.subject,
+                detail=t.cause,
+            )
         elif t.event == "drain":
             woke_at = self._woke_at.pop(t.subject, None)
             if woke_at is not None:
@@ -80,13 +99,16 @@ class Telemetry:
             "duration_secs": round(outcome.duration, 6),
         }
         if outcome.ok:
-            log_event("hook_completed", f"{hook.value} hook of {model} completed", **fields)
+            # Health probes succeed every few seconds: not worth a line each at INFO.
+            level = logging.DEBUG if hook is Hook.ALIVE else logging.INFO
+            message = f"{hook.value} hook of {model} completed"
+            log_event("hook_completed", message, level=level, **fields)
             return
         self.metrics.hook_failures.labels(model, hook.value).inc()
         log_event(
             "hook_failed",
             f"{hook.value} hook of {model} failed: {outcome.detail}",
-            level=logging.ERROR,
+            level=logging.WARNING if hook is Hook.ALIVE else logging.ERROR,
             detail=outcome.detail,
             output_tail=outcome.output_tail,
             **fields,

@@ -54,6 +54,7 @@ class Rig:
     backends: dict[str, GatedStandin]
     client: httpx.AsyncClient
     url: str = field(default="")
+    initially_awake: frozenset[str] = frozenset()
 
     # ---- the knobs of hook.sh ----------------------------------------------------------------
 
@@ -85,7 +86,7 @@ class Rig:
 
     def assert_single_awake(self) -> None:
         """From the hook log: no wake starts before the previous model's sleep has ended."""
-        awake: set[str] = set()
+        awake: set[str] = set(self.initially_awake)
         for event in self.hook_events():
             if event.action == "wake" and event.phase == "start":
                 assert not awake - {event.model}, f"{event.model} woke while {awake} was awake"
@@ -128,10 +129,17 @@ async def running(
     models: tuple[str, ...] = ("a", "b"),
     *,
     shutdown_grace_secs: float = 5.0,
+    awake_at_start: tuple[str, ...] = (),
+    health_interval_secs: float | None = None,
     **policy: Any,
 ) -> AsyncIterator[Rig]:
     """llmux and one gated backend per model; on exit, a graceful shutdown, then the check
-    that no request ever reached a sleeping backend."""
+    that no request ever reached a sleeping backend.
+
+    Models listed in `awake_at_start` are loaded before llmux starts (llmux finds them with
+    their `alive` hook, which every model gets)."""
+    for name in awake_at_start:
+        (tmp_path / f"{name}.awake").touch()
     async with trio.open_nursery() as nursery:
         backends: dict[str, GatedStandin] = {}
         ports: dict[str, int] = {}
@@ -147,6 +155,8 @@ async def running(
                     port=ports[name],
                     wake=f"sh {HOOK} wake {tmp_path}",
                     sleep=f"sh {HOOK} sleep {tmp_path}",
+                    alive=f"sh {HOOK} alive {tmp_path}",
+                    health_interval_secs=health_interval_secs,
                 )
                 for name in models
             },
@@ -167,7 +177,7 @@ async def running(
         port = await nursery.start(serve)
         url = f"http://127.0.0.1:{port}"
         async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-            rig = Rig(tmp_path, app, backends, client, url)
+            rig = Rig(tmp_path, app, backends, client, url, frozenset(awake_at_start))
             yield rig
         app.shutdown_requested.set()
         with trio.fail_after(20):

@@ -1,5 +1,5 @@
 #!/bin/sh
-# A model hook for the end-to-end tests: `sh hook.sh wake|sleep DIR`.
+# A model hook for the end-to-end tests: `sh hook.sh wake|sleep|alive DIR`.
 #
 # It logs when it starts and ends, so a test can check from the outside that at most one model
 # was ever awake, and keeps DIR/MODEL.awake present exactly while the model may serve: the
@@ -10,6 +10,12 @@ action="$1"
 dir="$2"
 model="$LLMUX_MODEL"
 log() { echo "$(date +%s.%N) $model $action $1" >> "$dir/hooks.log"; }
+
+if [ "$action" = alive ]; then
+  # Not logged: probes run every few hundred milliseconds in the health tests.
+  [ -f "$dir/$model.awake" ]
+  exit
+fi
 
 log start
 if [ "$action" = sleep ]; then

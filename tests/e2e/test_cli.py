@@ -93,6 +93,12 @@ def test_the_bundled_example_serves_switches_and_stops_cleanly_on_sigterm(
         ({"models": {"a": {"port": 1, "wake": "true"}}}, "models.a"),
         ({"models": {}}, "models"),
         ({"models": ONE_MODEL, "polcy": {}}, "polcy"),
+        (
+            {"models": {"a": {**ONE_MODEL["a"], "health_interval_secs": 5}}},
+            "models.a.health_interval_secs: needs an `alive` hook",
+        ),
+        ({"models": ONE_MODEL, "limits": {"max_headers": 0}}, "limits.max_headers"),
+        ({"models": ONE_MODEL, "api_keys": [""]}, "api_keys"),
         ({"models": ONE_MODEL, "policy": {"request_timeout_secs": -1}}, "request_timeout_secs"),
         ({"models": ONE_MODEL, "policy": {"type": "no-such-policy"}}, "no-such-policy"),
     ],

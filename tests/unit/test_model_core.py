@@ -190,3 +190,39 @@ def test_a_full_queue_refuses_new_waiters_but_never_the_active_model() -> None:
     for req_id in range(10, 20):
         [grant] = core.handle(Acquire(req_id), 1.0)
         assert isinstance(grant, Grant)
+
+
+def test_an_adopted_model_is_active_without_a_wake_hook() -> None:
+    from llmux.core.messages import Adopt
+
+    core = ModelCore("m")
+    core.handle(Acquire(1), 0.0)
+    effects = core.handle(Adopt("alive at start-up"), 0.5)
+    assert [type(e) for e in effects] == [Transition, Grant]
+    assert core.state == "Active"
+    assert not any(isinstance(e, RunHook) for e in effects)
+
+
+def test_a_failed_health_probe_takes_the_model_out_of_service_after_draining() -> None:
+    core = ModelCore("m", health_interval=10.0)
+    core.handle(Wake("test"), 0.0)
+    core.handle(HookDone(Hook.WAKE, True, ""), 1.0)
+    assert core.next_deadline() == 11.0
+    assert core.handle(Tick(), 5.0) == []
+    [probe] = core.handle(Tick(), 11.0)
+    assert probe == RunHook("m", Hook.ALIVE)
+    assert core.next_deadline() is None, "one probe at a time"
+    assert core.handle(HookDone(Hook.ALIVE, True, ""), 11.2) == []
+    assert core.next_deadline() == 21.2
+    core.handle(Acquire(7), 15.0)
+    core.handle(Tick(), 21.2)
+    died = core.handle(HookDone(Hook.ALIVE, False, "exit status 7"), 21.3)
+    assert [t.event for t in died if isinstance(t, Transition)] == ["died"]
+    assert core.state == "Draining", "request 7 is still in flight"
+    assert core.handle(Acquire(8), 21.4) == [], "a dead model admits nobody"
+    finished = core.handle(Finish(7), 21.5)
+    assert RunHook("m", Hook.SLEEP) in finished
+    core.handle(HookDone(Hook.SLEEP, True, ""), 22.0)
+    assert core.state == "Sleeping"
+    assert core.report().queue_depth == 1, "request 8 waits for the next wake"
+    assert core.next_deadline() is None

@@ -29,6 +29,11 @@ class ModelLifecycle(StateMachine):
     # A failed wake still runs the sleep hook, so a half-woken model never holds the GPU.
     wake_failed = waking.to(sleeping_down)
     drain = active.to(draining)
+    # Found awake at start-up (its `alive` hook succeeded): serve it instead of waking another.
+    adopt = sleeping.to(active)
+    # Its `alive` hook failed while it served: stop admitting, let in-flight requests end,
+    # then run the sleep hook as cleanup; waiting requests make the scheduler wake it again.
+    died = active.to(draining)
     drained = draining.to(sleeping_down)
     slept = sleeping_down.to(sleeping)
     sleep_failed = sleeping_down.to(sleeping)

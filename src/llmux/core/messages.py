@@ -15,6 +15,7 @@ import msgspec
 class Hook(enum.StrEnum):
     WAKE = "wake"
     SLEEP = "sleep"
+    ALIVE = "alive"
 
 
 class RejectReason(enum.StrEnum):
@@ -53,6 +54,12 @@ class Drain(msgspec.Struct, frozen=True):
     cause: str = ""
 
 
+class Adopt(msgspec.Struct, frozen=True):
+    """The model was found already awake at start-up: take it as Active without waking it."""
+
+    cause: str = ""
+
+
 class HookDone(msgspec.Struct, frozen=True):
     hook: Hook
     ok: bool
@@ -67,7 +74,7 @@ class Shutdown(msgspec.Struct, frozen=True):
     """Refuse queued and future requests; in-flight ones finish normally."""
 
 
-ModelInput = Acquire | Finish | Wake | Drain | HookDone | Tick | Shutdown
+ModelInput = Acquire | Finish | Wake | Drain | Adopt | HookDone | Tick | Shutdown
 
 
 # ---- what a model reports to the scheduler -------------------------------------------------

@@ -13,6 +13,7 @@ import msgspec
 from llmux.core.lifecycle import ModelLifecycle, state_name
 from llmux.core.messages import (
     Acquire,
+    Adopt,
     Anomaly,
     Drain,
     Finish,
@@ -51,11 +52,16 @@ class ModelCore:
         request_timeout: float | None = None,
         drain_before_switch: bool = True,
         max_queue: int | None = None,
+        health_interval: float | None = None,
     ) -> None:
         self.name = name
         self.request_timeout = request_timeout
         self.drain_before_switch = drain_before_switch
         self.max_queue = max_queue
+        self.health_interval = health_interval
+        # When the next `alive` probe is due (only while Active), and whether one runs now.
+        self._probe_at = math.inf
+        self._probing = False
         self._machine = ModelLifecycle()
         self.state: str = SLEEPING
         self.state_since = 0.0
@@ -76,10 +82,13 @@ class ModelCore:
         return None
 
     def next_deadline(self) -> float | None:
-        """When this core next wants a Tick (the first queued request's timeout)."""
+        """When this core next wants a Tick: the first queued request's timeout, or the next
+        health probe."""
+        deadline = self._probe_at
         for waiter in self.queue.values():
-            return waiter.deadline if waiter.deadline < math.inf else None
-        return None
+            deadline = min(deadline, waiter.deadline)
+            break
+        return deadline if deadline < math.inf else None
 
     def report(self) -> ModelReport:
         return ModelReport(
@@ -113,15 +122,19 @@ class ModelCore:
             case Finish(req_id=req_id):
                 return self._finish(req_id, now)
             case Tick():
-                return self._expire(now)
+                return self._expire(now) + self._maybe_probe(now)
             case Wake(cause=cause):
                 return self._wake(cause, now)
             case Drain(cause=cause):
                 return self._drain(cause, now)
+            case Adopt(cause=cause):
+                return self._adopt(cause, now)
             case HookDone(hook=Hook.WAKE, ok=ok, detail=detail):
                 return self._wake_done(ok, detail, now)
             case HookDone(hook=Hook.SLEEP, ok=ok, detail=detail):
                 return self._sleep_done(ok, detail, now)
+            case HookDone(hook=Hook.ALIVE, ok=ok, detail=detail):
+                return self._probe_done(ok, detail, now)
             case Shutdown():
                 self.closing = True
                 return self._reject_all(RejectReason.SHUTTING_DOWN, "llmux is shutting down", now)
@@ -209,10 +222,43 @@ class ModelCore:
             return self._refuse("wake")
         return [*self._take("wake", cause, now), RunHook(self.name, Hook.WAKE)]
 
+    def _adopt(self, cause: str, now: float) -> list[ModelEffect]:
+        if self.state != SLEEPING:
+            return self._refuse("adopt")
+        effects = self._take("adopt", cause, now)
+        self._became_active(now)
+        return effects + self._grant_all(now)
+
+    def _became_active(self, now: float) -> None:
+        self.active_since = now
+        if self.health_interval is not None:
+            self._probe_at = now + self.health_interval
+
+    def _maybe_probe(self, now: float) -> list[ModelEffect]:
+        if self.state != ACTIVE or self._probing or now < self._probe_at:
+            return []
+        self._probing = True
+        self._probe_at = math.inf
+        return [RunHook(self.name, Hook.ALIVE)]
+
+    def _probe_done(self, ok: bool, detail: str, now: float) -> list[ModelEffect]:
+        self._probing = False
+        if self.state != ACTIVE:
+            return []  # it left service meanwhile; the answer no longer matters
+        if ok:
+            if self.health_interval is not None:
+                self._probe_at = now + self.health_interval
+            return []
+        return self._leave_service("died", f"alive hook failed: {detail}", now)
+
     def _drain(self, cause: str, now: float) -> list[ModelEffect]:
         if self.state != ACTIVE:
             return self._refuse("drain")
-        effects = self._take("drain", cause, now)
+        return self._leave_service("drain", cause, now)
+
+    def _leave_service(self, event: str, cause: str, now: float) -> list[ModelEffect]:
+        self._probe_at = math.inf
+        effects = self._take(event, cause, now)
         if self.in_flight and self.drain_before_switch:
             return effects
         why = "nothing in flight" if not self.in_flight else "drain_before_switch is off"
@@ -223,7 +269,7 @@ class ModelCore:
             return self._refuse("wake hook result")
         if ok:
             effects = self._take("woke", "wake hook succeeded", now)
-            self.active_since = now
+            self._became_active(now)
             return effects + self._grant_all(now)
         effects = self._take("wake_failed", f"wake hook failed: {detail}", now)
         message = f"Hook failed for {self.name}: {detail}"

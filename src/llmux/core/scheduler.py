@@ -143,6 +143,7 @@ class SchedulerCore:
             self._demand.add(report.model)
         else:
             self._demand.discard(report.model)
+        self._follow_unprompted(report)
 
         switch = self.switch
         if switch is None:
@@ -158,6 +159,18 @@ class SchedulerCore:
                 self._activated(switch, report, now, effects)
             elif report.state != WAKING:
                 self._wake_failed(switch, now, effects)
+
+    def _follow_unprompted(self, report: ModelReport) -> None:
+        """Lifecycle moves the scheduler did not ask for: adoption at start-up, and an active
+        model that died (its alive hook failed) and has gone to sleep on its own."""
+        if self.switch is not None:
+            return
+        if self.active is None and report.state == ACTIVE and len(self.awake()) == 1:
+            self.active = report.model
+            self.last_decision = f"adopted {report.model}: found awake at start-up"
+        elif self.active == report.model and report.state == SLEEPING:
+            self.active = None
+            self.last_decision = f"{report.model} left service on its own"
 
     def _after_retire(
         self, switch: SwitchRecord, now: float, effects: list[SchedulerEffect]
@@ -294,7 +307,7 @@ class SchedulerCore:
                 for name in self._demand
                 if name != self.active and self.views[name].state == SLEEPING
             ),
-            key=lambda name: (self.views[name].oldest_arrival or now, name),
+            key=lambda name: (_arrived(self.views[name], now), name),
         )
         for target in candidates:
             view = self.views[target]
@@ -355,7 +368,7 @@ class SchedulerCore:
             active_in_flight=self._active_in_flight(),
             queue_depths={name: self.views[name].queue_depth for name in self._demand},
             oldest_waiting={
-                name: now - (self.views[name].oldest_arrival or now) for name in self._demand
+                name: now - _arrived(self.views[name], now) for name in self._demand
             },
             switch_costs=costs,
             now=now,
@@ -387,6 +400,8 @@ class SchedulerCore:
         assert switch.from_model is not None
         switch.drain_started_at = now
         self._take("retire", switch.reason, now, effects)
+        if self.views[switch.from_model].state != ACTIVE:
+            return  # already leaving service on its own (it died): just wait for it
         self._command(switch.from_model, DRAINING)
         effects.append(SendDrain(switch.from_model, switch.reason))
 
@@ -418,6 +433,13 @@ class SchedulerCore:
         effects.append(
             Transition("SwitchSequence", SCHEDULER, source, self.phase, event, cause, now)
         )
+
+
+def _arrived(view: ModelReport, now: float) -> float:
+    """The model's oldest waiter's arrival (`now` if none). Not `oldest_arrival or now`: a
+    request that arrived at t=0.0 (the simulator's and MockClock's start) would then count
+    as arriving now, and be served after everyone else, for ever."""
+    return view.oldest_arrival if view.oldest_arrival is not None else now
 
 
 def _target(switch: SwitchRecord) -> str:
