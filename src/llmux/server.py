@@ -335,6 +335,12 @@ class HttpConnection:
         try:
             if len(request.headers) > self.limits.max_headers:
                 raise HttpError(431, f"More than {self.limits.max_headers} request headers")
+            # h11 bounds only a head that arrives in pieces; one that came whole is measured here.
+            head_size = len(request.target) + sum(len(n) + len(v) + 4 for n, v in request.headers)
+            if head_size > self.limits.max_header_bytes:
+                raise HttpError(
+                    431, f"Request headers larger than {self.limits.max_header_bytes} bytes"
+                )
             if self.frontend.api_keys and path not in _OPEN_PATHS:
                 presented = presented_key(request.headers)
                 if not key_is_valid(presented, self.frontend.api_keys):

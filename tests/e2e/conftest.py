@@ -19,7 +19,7 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from llmux.app import App
-from llmux.config import Config, ModelConfig, PolicySettings
+from llmux.config import Config, Limits, ModelConfig, PolicySettings
 from llmux.standin import Standin
 
 HOOK = Path(__file__).with_name("hook.sh")
@@ -131,6 +131,9 @@ async def running(
     shutdown_grace_secs: float = 5.0,
     awake_at_start: tuple[str, ...] = (),
     health_interval_secs: float | None = None,
+    max_queue: int = 1024,
+    limits: Limits | None = None,
+    api_keys: tuple[str, ...] = (),
     **policy: Any,
 ) -> AsyncIterator[Rig]:
     """llmux and one gated backend per model; on exit, a graceful shutdown, then the check
@@ -157,12 +160,15 @@ async def running(
                     sleep=f"sh {HOOK} sleep {tmp_path}",
                     alive=f"sh {HOOK} alive {tmp_path}",
                     health_interval_secs=health_interval_secs,
+                    max_queue=max_queue,
                 )
                 for name in models
             },
             policy=PolicySettings(**policy),
             port=0,
             shutdown_grace_secs=shutdown_grace_secs,
+            limits=limits if limits is not None else Limits(),
+            api_keys=list(api_keys),
             base_dir=str(tmp_path),
         )
         app = App(config)
@@ -176,7 +182,8 @@ async def running(
 
         port = await nursery.start(serve)
         url = f"http://127.0.0.1:{port}"
-        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        headers = {"authorization": f"Bearer {api_keys[0]}"} if api_keys else {}
+        async with httpx.AsyncClient(base_url=url, timeout=30, headers=headers) as client:
             rig = Rig(tmp_path, app, backends, client, url, frozenset(awake_at_start))
             yield rig
         app.shutdown_requested.set()
