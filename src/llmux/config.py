@@ -106,7 +106,10 @@ def load_config(path: str | Path) -> Config:
     except msgspec.ValidationError as exc:
         raise ConfigError(f"{path}: {_with_field(str(exc))}") from exc
     except msgspec.DecodeError as exc:
-        raise ConfigError(f"{path}: not valid {path.suffix.lstrip('.') or 'JSON'}: {exc}") from exc
+        # YAML's parser explains itself over several lines; the CLI promises one.
+        detail = " ".join(str(exc).split())
+        kind = path.suffix.lstrip(".").upper() or "JSON"
+        raise ConfigError(f"{path}: not valid {kind}: {detail}") from exc
     return build_config(raw, base_dir=str(path.resolve().parent), origin=str(path))
 
 
