@@ -8,6 +8,7 @@ the moment it is produced.
     python -m llmux.standin serve --port 8001 --name small
     python -m llmux.standin start --port 8001 --pidfile /tmp/small.pid   # a `wake` hook
     python -m llmux.standin stop --pidfile /tmp/small.pid                # a `sleep` hook
+    python -m llmux.standin alive --port 8001                            # an `alive` hook
 """
 
 from __future__ import annotations
@@ -493,6 +494,21 @@ def _cmd_stop(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_alive(args: argparse.Namespace) -> int:
+    """Exit 0 when a server answers GET /health with 200 on the port (an `alive` hook)."""
+    try:
+        with socket.create_connection(("127.0.0.1", args.port), timeout=args.timeout) as sock:
+            sock.sendall(b"GET /health HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n")
+            answer = sock.recv(64)
+    except OSError as exc:
+        print(f"standin alive: 127.0.0.1:{args.port}: {exc}", file=sys.stderr)
+        return 1
+    if answer.startswith((b"HTTP/1.1 200 ", b"HTTP/1.0 200 ")):
+        return 0
+    print(f"standin alive: 127.0.0.1:{args.port} answered {answer[:40]!r}", file=sys.stderr)
+    return 1
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m llmux.standin", description="OpenAI-compatible stand-in backend"
@@ -524,6 +540,11 @@ def _parser() -> argparse.ArgumentParser:
     stop_cmd.add_argument("--pidfile", required=True)
     stop_cmd.add_argument("--timeout", type=float, default=10.0)
     stop_cmd.set_defaults(run=_cmd_stop)
+
+    alive_cmd = commands.add_parser("alive", help="succeed if a server is healthy on the port")
+    alive_cmd.add_argument("--port", type=int, required=True)
+    alive_cmd.add_argument("--timeout", type=float, default=2.0)
+    alive_cmd.set_defaults(run=_cmd_alive)
     return parser
 
 

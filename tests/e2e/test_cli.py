@@ -38,19 +38,25 @@ def llmux(*args: str, **kwargs: object) -> subprocess.Popen[str]:
 
 
 @contextmanager
-def example_server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """The bundled example on free ports, with its pid files under `tmp_path`."""
-    config = json.loads(EXAMPLE.read_text())
-    for model in config["models"].values():
-        model["port"] = free_port()
+def example_server(
+    tmp_path: Path, events: list[str] | None = None
+) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """The bundled example on free ports, with its pid files under `tmp_path`; the log
+    events before `listening` are appended to `events`."""
     path = tmp_path / "config.json"
-    path.write_text(json.dumps(config))
+    if not path.exists():
+        config = json.loads(EXAMPLE.read_text())
+        for model in config["models"].values():
+            model["port"] = free_port()
+        path.write_text(json.dumps(config))
     env = {**os.environ, "TMPDIR": str(tmp_path)}
     process = llmux("run", str(path), "--port", "0", env=env)
     try:
         assert process.stderr is not None
         for line in process.stderr:
             record = json.loads(line)
+            if events is not None:
+                events.append(record["event"])
             if record["event"] == "listening":
                 yield process, f"http://127.0.0.1:{record['port']}"
                 break
@@ -83,6 +89,24 @@ def test_the_bundled_example_serves_switches_and_stops_cleanly_on_sigterm(
         assert process.wait(timeout=30) == 0
         assert time.monotonic() - started < 10
     # The awake model was put to sleep: its stand-in server is gone.
+    assert list(tmp_path.glob("*.pid")) == []
+
+
+def test_a_restarted_llmux_adopts_the_model_left_awake(tmp_path: Path) -> None:
+    chat = {"model": "qwen-small", "messages": []}
+    with example_server(tmp_path) as (process, url):
+        assert httpx.post(f"{url}/v1/chat/completions", json=chat, timeout=30).status_code == 200
+        process.kill()  # a crash: qwen-small's stand-in server lives on
+        process.wait()
+    assert [p.name for p in tmp_path.glob("*.pid")] == ["llmux-example-qwen-small.pid"]
+    events: list[str] = []
+    with example_server(tmp_path, events) as (process, url):
+        assert "model_adopted" in events
+        reply = httpx.post(f"{url}/v1/chat/completions", json=chat, timeout=30)
+        assert reply.status_code == 200
+        assert reply.json()["request_number"] == 1, "served by the same, adopted server"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
     assert list(tmp_path.glob("*.pid")) == []
 
 
