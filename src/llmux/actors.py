@@ -29,7 +29,9 @@ from llmux.core.messages import (
     RunHook,
     SchedulerInput,
     SendDrain,
+    SendPin,
     SendWake,
+    SetPin,
     Shutdown,
     SwitchFinished,
     SwitchStarted,
@@ -217,6 +219,8 @@ class SchedulerActor:
                     self.models[model].post(Wake(cause))
                 case SendDrain(model=model, cause=cause):
                     self.models[model].post(Drain(cause))
+                case SendPin(model=model, pinned_to=pinned_to):
+                    self.models[model].post(SetPin(pinned_to))
                 case SwitchStarted():
                     self.telemetry.switch_started(effect)
                 case SwitchFinished():

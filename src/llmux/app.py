@@ -16,7 +16,7 @@ import trio
 
 from llmux.actors import ModelActor, SchedulerActor
 from llmux.config import Config, ModelConfig
-from llmux.core.messages import Adopt, Hook
+from llmux.core.messages import Adopt, Hook, ManualWake
 from llmux.core.model import ModelCore
 from llmux.core.scheduler import SchedulerCore
 from llmux.core.startup import plan_startup
@@ -57,7 +57,12 @@ class App:
         }
         policy = build_policy(settings.type, config.policy_options)
         self.scheduler = SchedulerActor(
-            SchedulerCore(list(config.models), policy, min_active=settings.min_active_secs),
+            SchedulerCore(
+                list(config.models),
+                policy,
+                min_active=settings.min_active_secs,
+                idle_sleep={name: m.idle_sleep_secs for name, m in config.models.items()},
+            ),
             self.model_actors,
             telemetry=self.telemetry,
         )
@@ -70,6 +75,7 @@ class App:
             limits=config.limits,
             api_keys=config.api_keys,
         )
+        self.frontend.scheduler = self.scheduler
         self.shutdown_requested = trio.Event()
         self.port: int | None = None
 
@@ -155,6 +161,8 @@ class App:
                     model=name,
                 )
                 sleepers.start_soon(self._sleep_now, name)
+        if plan.adopt is None and self.config.preload is not None:
+            self.scheduler.post(ManualWake(self.config.preload, "preload"))
         if plan.adopt is not None:
             self.model_actors[plan.adopt].post(Adopt("alive hook succeeded at start-up"))
             # Serve nothing before the scheduler knows: a request for another model must not

@@ -1,4 +1,5 @@
-"""Command line: `llmux run CONFIG`, `llmux simulate CONFIG`, `llmux diagram`, `llmux --version`."""
+"""Command line: `llmux run CONFIG`, `llmux status`, `llmux simulate CONFIG`, `llmux diagram`,
+`llmux --version`."""
 
 from __future__ import annotations
 
@@ -27,9 +28,10 @@ def _parser() -> argparse.ArgumentParser:
 
     commands.add_parser("diagram", help="print the state machines as mermaid (the state diagram)")
 
-    from llmux import simulate
+    from llmux import simulate, status_text
 
     simulate.add_parser(commands)
+    status_text.add_parser(commands)
     return parser
 
 
@@ -42,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
 
         sys.stdout.write(render_markdown())
         return 0
+    if args.command == "status":
+        from llmux import status_text
+
+        return status_text.main(args)
     if args.command == "simulate":
         from llmux import simulate
 

@@ -26,6 +26,10 @@ ModelName = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 class ConfigError(Exception):
     """One line that says what is wrong and where."""
 
+    def __init__(self, message: str) -> None:
+        # A model name or a value may hold a line break; the message must stay one line.
+        super().__init__(message.replace("\r", "\\r").replace("\n", "\\n"))
+
 
 class ModelConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     port: Port
@@ -41,6 +45,8 @@ class ModelConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     health_interval_secs: PositiveSeconds | None = None
     # Requests allowed to wait for this model; more get 503 with Retry-After.
     max_queue: Annotated[int, msgspec.Meta(ge=1)] = 1024
+    # Put the model to sleep after this long active with nothing in flight or waiting.
+    idle_sleep_secs: PositiveSeconds | None = None
 
 
 class Limits(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -71,6 +77,8 @@ class _RawConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     shutdown_grace_secs: Seconds = 30.0
     api_keys: list[Annotated[str, msgspec.Meta(min_length=1)]] = []
     limits: Limits = Limits()
+    # A model to wake at start-up (unless another one is found awake and adopted).
+    preload: str | None = None
 
 
 class Config(msgspec.Struct, frozen=True):
@@ -82,6 +90,7 @@ class Config(msgspec.Struct, frozen=True):
     shutdown_grace_secs: float = 30.0
     api_keys: list[str] = []
     limits: Limits = Limits()
+    preload: str | None = None
     # Hooks run here, so a relative path in a hook means "next to the config file".
     base_dir: str = "."
 
@@ -136,6 +145,8 @@ def build_config(raw: _RawConfig, *, base_dir: str, origin: str) -> Config:
             raise ConfigError(
                 f"{origin}: models.{name}.health_interval_secs: needs an `alive` hook to run"
             )
+    if raw.preload is not None and raw.preload not in models:
+        raise ConfigError(f"{origin}: preload: {raw.preload!r} is not a configured model")
     known = set(PolicySettings.__struct_fields__)
     settings_part = {k: v for k, v in raw.policy.items() if k in known}
     options = {k: v for k, v in raw.policy.items() if k not in known}
@@ -156,6 +167,7 @@ def build_config(raw: _RawConfig, *, base_dir: str, origin: str) -> Config:
         shutdown_grace_secs=raw.shutdown_grace_secs,
         api_keys=raw.api_keys,
         limits=raw.limits,
+        preload=raw.preload,
         base_dir=base_dir,
     )
 

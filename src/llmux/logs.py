@@ -17,9 +17,16 @@ LOGGER_NAME = "llmux"
 logger = logging.getLogger(LOGGER_NAME)
 
 
-def log_event(event: str, message: str, *, level: int = logging.INFO, **fields: object) -> None:
+def log_event(
+    event: str,
+    message: str,
+    *,
+    level: int = logging.INFO,
+    exc_info: bool = False,
+    **fields: object,
+) -> None:
     if logger.isEnabledFor(level):
-        logger.log(level, message, extra={"event": event, "fields": fields})
+        logger.log(level, message, exc_info=exc_info, extra={"event": event, "fields": fields})
 
 
 class JsonFormatter(logging.Formatter):

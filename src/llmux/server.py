@@ -8,19 +8,27 @@ watched: a client that hangs up is noticed at once and its request withdrawn.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hmac
 import itertools
+import logging
 import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from importlib import resources
+from typing import Any
 
 import h11
 import msgspec
 import trio
 
-from llmux.actors import ModelActor
+from llmux import control
+from llmux.actors import ModelActor, SchedulerActor
 from llmux.config import Limits
 from llmux.core.messages import Reject, RejectReason
+from llmux.logs import log_event
 from llmux.metrics import Metrics
+from llmux.status import build_status
 from llmux.telemetry import Telemetry
 from llmux.upstream import UpstreamError, UpstreamPool
 
@@ -30,6 +38,8 @@ MAX_PIPELINED_BYTES = 64 * 1024
 CLIENT_GONE = 499  # nginx's status for "client closed the connection"
 
 JSON = (b"content-type", b"application/json")
+HTML = (b"content-type", b"text/html; charset=utf-8")
+SSE_KEEPALIVE_SECS = 15.0
 
 _HOP_BY_HOP = frozenset(
     {
@@ -51,6 +61,7 @@ _REJECT_STATUS = {
     RejectReason.HOOK_FAILED: 500,
     RejectReason.SHUTTING_DOWN: 503,
     RejectReason.QUEUE_FULL: 503,
+    RejectReason.PINNED: 503,
 }
 # A full queue empties when its model next wakes; a switch typically takes seconds.
 QUEUE_FULL_RETRY_AFTER = (b"retry-after", b"5")
@@ -140,6 +151,8 @@ class Frontend:
         self.metrics = metrics
         self.telemetry = telemetry
         self.limits = limits if limits is not None else Limits()
+        # Set by the app; the /llmux/ routes need it.
+        self.scheduler: SchedulerActor | None = None
         self.api_keys = [key.encode() for key in api_keys]
         self.closing = False
         self._ids = itertools.count()
@@ -162,6 +175,7 @@ class Frontend:
     def begin_closing(self) -> None:
         """Stop keeping connections alive and drop the idle ones."""
         self.closing = True
+        self.telemetry.journal.close_subscribers()
         for scope in list(self._idle):
             scope.cancel()
         if self.open_connections == 0:
@@ -246,6 +260,17 @@ class HttpConnection:
             await self._answer_protocol_error(exc)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
+        except Exception as exc:
+            # A bug must cost this one connection, never the server and everyone else on it.
+            log_event(
+                "internal_error",
+                f"unexpected error while serving a connection: {exc!r}",
+                level=logging.ERROR,
+                exc_info=True,
+            )
+            if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                with contextlib.suppress(Exception):
+                    await self._respond_error(500, "Internal error in llmux", close=True)
         finally:
             await trio.aclose_forcefully(self.stream)
 
@@ -361,12 +386,83 @@ class HttpConnection:
                 )
             elif method == b"GET" and path == b"/health":
                 await self._respond(200, b'{"status":"ok"}')
+            elif path == b"/llmux" or path.startswith(b"/llmux/"):
+                await self._llmux_api(request, path, body)
             else:
                 await self._proxy(request, body)
         except HttpError as exc:
             # A refused body was not read to its end, so the connection cannot be reused.
             close = self.conn.their_state is not h11.DONE
             await self._respond_error(exc.status, exc.message, close=close, kind=exc.kind)
+
+    # ---- /llmux/: see and steer ---------------------------------------------------------------
+
+    async def _llmux_api(self, request: h11.Request, path: bytes, body: bytes) -> None:
+        scheduler = self.frontend.scheduler
+        if scheduler is None:
+            raise HttpError(404, "The control API is not available here")
+        method = request.method
+        route = path.decode("ascii", "replace").removeprefix("/llmux").strip("/").split("/")
+        if route == [""] and method == b"GET":
+            await self._respond(200, ui_page(), content_type=HTML)
+        elif route == ["status"] and method == b"GET":
+            status = build_status(
+                self.frontend.models, scheduler, self.frontend.telemetry.journal, _now()
+            )
+            await self._respond(200, msgspec.json.encode(status))
+        elif route == ["events"] and method == b"GET":
+            await self._stream_events()
+        elif len(route) == 3 and route[0] == "models" and route[2] in ("wake", "sleep"):
+            if method != b"POST":
+                raise HttpError(405, f"Use POST for /llmux/models/NAME/{route[2]}")
+            model = route[1]
+            if model not in self.frontend.models:
+                raise HttpError(404, f"Model not found: {model}")
+            command = control.wake if route[2] == "wake" else control.sleep
+            answer = await command(scheduler, model, _wait_secs(request.target))
+            await self._respond(answer[0], msgspec.json.encode(answer[1]))
+        elif route == ["pin"] and method == b"POST":
+            model = extract_model(body)
+            if model not in self.frontend.models:
+                raise HttpError(404, f"Model not found: {model}")
+            answer = await control.pin(scheduler, model, _wait_secs(request.target))
+            await self._respond(answer[0], msgspec.json.encode(answer[1]))
+        elif route == ["unpin"] and method == b"POST":
+            answer = await control.unpin(scheduler)
+            await self._respond(answer[0], msgspec.json.encode(answer[1]))
+        else:
+            where = path.decode("ascii", "replace")
+            raise HttpError(404, f"Not found: {method.decode('ascii', 'replace')} {where}")
+
+    async def _stream_events(self) -> None:
+        """Server-Sent Events: the journal so far, then each transition as it happens."""
+        journal = self.frontend.telemetry.journal
+        with journal.subscribe() as (history, live):
+            await self._send(
+                h11.Response(
+                    status_code=200,
+                    headers=[
+                        (b"content-type", b"text/event-stream"),
+                        (b"cache-control", b"no-cache"),
+                    ],
+                )
+            )
+
+            async def relay() -> None:
+                await self._send(h11.Data(data=b"".join(map(_sse, history)) or b": hello\n\n"))
+                while not self.frontend.closing:
+                    with trio.move_on_after(SSE_KEEPALIVE_SECS):
+                        try:
+                            entry = await live.receive()
+                        except trio.EndOfChannel:
+                            # Shutting down, or too slow a reader (it reconnects and replays).
+                            return
+                        await self._send(h11.Data(data=_sse(entry)))
+                        continue
+                    await self._send(h11.Data(data=b": keep-alive\n\n"))
+
+            await self._while_client_connected(relay)
+            await self._send(h11.EndOfMessage())
 
     async def _proxy(self, request: h11.Request, body: bytes) -> None:
         model = extract_model(body)
@@ -449,6 +545,35 @@ class HttpConnection:
             nursery.cancel_scope.cancel()
         if nursery.cancel_scope.cancelled_caught and self.conn.our_state is not h11.DONE:
             raise trio.BrokenResourceError("client went away")
+
+
+def _now() -> float:
+    return trio.current_time()
+
+
+def _sse(entry: dict[str, Any]) -> bytes:
+    return b"event: transition\ndata: " + msgspec.json.encode(entry) + b"\n\n"
+
+
+def _wait_secs(target: bytes) -> float | None:
+    """`?wait=SECONDS` (0: answer at once); by default wait until done."""
+    query = target.partition(b"?")[2]
+    for pair in query.split(b"&"):
+        name, _, value = pair.partition(b"=")
+        if name == b"wait":
+            try:
+                return max(0.0, float(value))
+            except ValueError:
+                raise HttpError(400, "`wait` must be a number of seconds") from None
+    return None
+
+
+@functools.cache
+def ui_page() -> bytes:
+    try:
+        return resources.files("llmux.ui").joinpath("index.html").read_bytes()
+    except (FileNotFoundError, ModuleNotFoundError):
+        return b"<!doctype html><title>llmux</title><p>The status page is not installed."
 
 
 def _has_length(headers: list[tuple[bytes, bytes]]) -> bool:

@@ -17,16 +17,19 @@ from llmux.core.messages import (
     Transition,
 )
 from llmux.hooks import HookOutcome
+from llmux.journal import Journal
 from llmux.logs import log_event
 from llmux.metrics import IDLE, Metrics
 
 
 class Telemetry:
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, journal: Journal | None = None) -> None:
         self.metrics = metrics
+        self.journal = journal if journal is not None else Journal()
         self._woke_at: dict[str, float] = {}
 
     def transition(self, t: Transition) -> None:
+        self.journal.record(t)
         log_event(
             "transition",
             f"{t.subject}: {t.source} -{t.event}-> {t.target} ({t.cause})",

@@ -134,6 +134,8 @@ async def running(
     max_queue: int = 1024,
     limits: Limits | None = None,
     api_keys: tuple[str, ...] = (),
+    idle_sleep_secs: float | None = None,
+    preload: str | None = None,
     **policy: Any,
 ) -> AsyncIterator[Rig]:
     """llmux and one gated backend per model; on exit, a graceful shutdown, then the check
@@ -161,6 +163,7 @@ async def running(
                     alive=f"sh {HOOK} alive {tmp_path}",
                     health_interval_secs=health_interval_secs,
                     max_queue=max_queue,
+                    idle_sleep_secs=idle_sleep_secs,
                 )
                 for name in models
             },
@@ -169,6 +172,7 @@ async def running(
             shutdown_grace_secs=shutdown_grace_secs,
             limits=limits if limits is not None else Limits(),
             api_keys=list(api_keys),
+            preload=preload,
             base_dir=str(tmp_path),
         )
         app = App(config)

@@ -226,3 +226,9 @@ def test_a_failed_health_probe_takes_the_model_out_of_service_after_draining() -
     assert core.state == "Sleeping"
     assert core.report().queue_depth == 1, "request 8 waits for the next wake"
     assert core.next_deadline() is None
+
+
+def test_every_reason_to_refuse_a_request_has_an_http_status() -> None:
+    from llmux.server import _REJECT_STATUS
+
+    assert set(_REJECT_STATUS) == set(RejectReason)

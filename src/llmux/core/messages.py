@@ -25,6 +25,7 @@ class RejectReason(enum.StrEnum):
     HOOK_FAILED = "hook_failed"
     SHUTTING_DOWN = "shutting_down"
     QUEUE_FULL = "queue_full"
+    PINNED = "pinned"
 
 
 # ---- messages to a model actor -------------------------------------------------------------
@@ -60,6 +61,12 @@ class Adopt(msgspec.Struct, frozen=True):
     cause: str = ""
 
 
+class SetPin(msgspec.Struct, frozen=True):
+    """llmux is pinned to `model` (None: unpinned); any other model refuses requests."""
+
+    model: str | None
+
+
 class HookDone(msgspec.Struct, frozen=True):
     hook: Hook
     ok: bool
@@ -74,7 +81,7 @@ class Shutdown(msgspec.Struct, frozen=True):
     """Refuse queued and future requests; in-flight ones finish normally."""
 
 
-ModelInput = Acquire | Finish | Wake | Drain | Adopt | HookDone | Tick | Shutdown
+ModelInput = Acquire | Finish | Wake | Drain | Adopt | SetPin | HookDone | Tick | Shutdown
 
 
 # ---- what a model reports to the scheduler -------------------------------------------------
@@ -93,9 +100,35 @@ class ModelReport(msgspec.Struct, frozen=True):
     # (a report sent just before a Wake was handled still says Sleeping), and this tells
     # the scheduler which reports predate its last command.
     epoch: int = 0
+    # Since when an Active model has had nothing in flight and nobody waiting.
+    idle_since: float | None = None
 
 
-SchedulerInput = ModelReport | Tick | Shutdown
+# ---- control: an operator's commands, through the same machinery as policy decisions -------
+
+
+class ManualWake(msgspec.Struct, frozen=True):
+    """Make `model` the active one (switching as usual), whether or not anyone waits."""
+
+    model: str
+    cause: str = "manual wake"
+
+
+class ManualSleep(msgspec.Struct, frozen=True):
+    """Put `model` to sleep if it is the active one (drain first, as always)."""
+
+    model: str
+    cause: str = "manual sleep"
+
+
+class Pin(msgspec.Struct, frozen=True):
+    """Keep `model` awake and refuse requests for any other (None: unpin)."""
+
+    model: str | None
+    cause: str = ""
+
+
+SchedulerInput = ModelReport | Tick | Shutdown | ManualWake | ManualSleep | Pin
 
 
 # ---- effects -------------------------------------------------------------------------------
@@ -148,6 +181,11 @@ class SendDrain(msgspec.Struct, frozen=True):
     cause: str
 
 
+class SendPin(msgspec.Struct, frozen=True):
+    model: str
+    pinned_to: str | None
+
+
 class SwitchStarted(msgspec.Struct, frozen=True):
     from_model: str | None
     to_model: str
@@ -180,4 +218,6 @@ class Anomaly(msgspec.Struct, frozen=True):
 
 
 ModelEffect = Grant | Reject | RunHook | Transition | Anomaly
-SchedulerEffect = SendWake | SendDrain | SwitchStarted | SwitchFinished | Transition | Anomaly
+SchedulerEffect = (
+    SendWake | SendDrain | SendPin | SwitchStarted | SwitchFinished | Transition | Anomaly
+)

@@ -26,6 +26,7 @@ from llmux.core.messages import (
     Reject,
     RejectReason,
     RunHook,
+    SetPin,
     Shutdown,
     Tick,
     Transition,
@@ -72,6 +73,8 @@ class ModelCore:
         self.in_flight: set[int] = set()
         self.closing = False
         self.epoch = 0
+        self.pinned_to: str | None = None
+        self.idle_since: float | None = None
         self._last_report: ModelReport | None = None
 
     # ---- queries ---------------------------------------------------------------------------
@@ -99,6 +102,7 @@ class ModelCore:
             in_flight=len(self.in_flight),
             active_since=self.active_since,
             epoch=self.epoch,
+            idle_since=self.idle_since,
         )
 
     def report_if_changed(self) -> ModelReport | None:
@@ -129,6 +133,8 @@ class ModelCore:
                 return self._drain(cause, now)
             case Adopt(cause=cause):
                 return self._adopt(cause, now)
+            case SetPin(model=pinned_to):
+                return self._pin(pinned_to, now)
             case HookDone(hook=Hook.WAKE, ok=ok, detail=detail):
                 return self._wake_done(ok, detail, now)
             case HookDone(hook=Hook.SLEEP, ok=ok, detail=detail):
@@ -147,8 +153,11 @@ class ModelCore:
             return [
                 Reject(self.name, req_id, RejectReason.SHUTTING_DOWN, "llmux is shutting down", 0.0)
             ]
+        if self.pinned_to is not None and self.pinned_to != self.name:
+            return [Reject(self.name, req_id, RejectReason.PINNED, self._pinned_message(), 0.0)]
         if self.state == ACTIVE:
             self.in_flight.add(req_id)
+            self.idle_since = None
             return [Grant(self.name, req_id, 0.0)]
         if self.max_queue is not None and len(self.queue) >= self.max_queue:
             detail = f"Too many requests waiting for {self.name} (max_queue {self.max_queue})"
@@ -165,6 +174,8 @@ class ModelCore:
             # Already answered (timed out, refused): the client's Finish comes after.
             return []
         self.in_flight.remove(req_id)
+        if self.state == ACTIVE and not self.in_flight and not self.queue:
+            self.idle_since = now
         if self.state == DRAINING and not self.in_flight:
             drained = self._take("drained", "last in-flight request finished", now)
             return [*drained, RunHook(self.name, Hook.SLEEP)]
@@ -188,11 +199,25 @@ class ModelCore:
             )
         return effects
 
+    def _pinned_message(self) -> str:
+        return (
+            f"llmux is pinned to {self.pinned_to}: requests for {self.name} are refused "
+            "until it is unpinned"
+        )
+
+    def _pin(self, pinned_to: str | None, now: float) -> list[ModelEffect]:
+        self.pinned_to = pinned_to
+        if pinned_to is None or pinned_to == self.name:
+            return []
+        return self._reject_all(RejectReason.PINNED, self._pinned_message(), now)
+
     def _grant_all(self, now: float) -> list[ModelEffect]:
         effects: list[ModelEffect] = []
         for req_id, waiter in self.queue.items():
             self.in_flight.add(req_id)
             effects.append(Grant(self.name, req_id, now - waiter.arrived))
+        if self.queue:
+            self.idle_since = None
         self.queue.clear()
         return effects
 
@@ -231,6 +256,7 @@ class ModelCore:
 
     def _became_active(self, now: float) -> None:
         self.active_since = now
+        self.idle_since = now
         if self.health_interval is not None:
             self._probe_at = now + self.health_interval
 
@@ -258,6 +284,7 @@ class ModelCore:
 
     def _leave_service(self, event: str, cause: str, now: float) -> list[ModelEffect]:
         self._probe_at = math.inf
+        self.idle_since = None
         effects = self._take(event, cause, now)
         if self.in_flight and self.drain_before_switch:
             return effects

@@ -12,7 +12,7 @@ not woken: the policy is asked afresh instead (llmux 2.4 woke B anyway, then swi
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import msgspec
 
@@ -20,10 +20,14 @@ from llmux.core.cost import SwitchCostTracker
 from llmux.core.lifecycle import SwitchSequence, state_name
 from llmux.core.messages import (
     Anomaly,
+    ManualSleep,
+    ManualWake,
     ModelReport,
+    Pin,
     SchedulerEffect,
     SchedulerInput,
     SendDrain,
+    SendPin,
     SendWake,
     Shutdown,
     SwitchFinished,
@@ -64,8 +68,11 @@ class SchedulerCore:
         min_active: float = 0.0,
         failure_backoff: float = FAILURE_BACKOFF_SECS,
         costs: SwitchCostTracker | None = None,
+        idle_sleep: Mapping[str, float | None] | None = None,
     ) -> None:
         self.policy = policy
+        # Per model: put it to sleep after this long active with nothing to do.
+        self.idle_sleep = dict(idle_sleep or {})
         self.min_active = min_active
         self.failure_backoff = failure_backoff
         self.costs = costs if costs is not None else SwitchCostTracker()
@@ -86,6 +93,14 @@ class SchedulerCore:
         self._recheck_at = math.inf
         self._next_tick_at: float | None = None
         self.closing = False
+        # An operator's wish: make this model active, whoever waits (cleared once it is).
+        self.manual_target: str | None = None
+        # While set, no switch away from this model, and other models refuse requests.
+        self.pinned: str | None = None
+        # An operator asked for this model to be put to sleep (done when the GPU is idle).
+        self.sleep_wanted: str | None = None
+        # Failed wakes per model, so whoever asked for a wake can tell it failed.
+        self.wake_failures: dict[str, int] = dict.fromkeys(models, 0)
 
     # ---- queries ---------------------------------------------------------------------------
 
@@ -96,7 +111,7 @@ class SchedulerCore:
         elif self.phase == "Backoff":
             deadline = self._backoff_until
         elif self.phase == "Idle":
-            deadline = self._recheck_at
+            deadline = min(self._recheck_at, self._idle_deadline())
             if self._next_tick_at is not None:
                 deadline = min(deadline, self._next_tick_at)
         else:
@@ -117,6 +132,12 @@ class SchedulerCore:
                 pass
             case Shutdown():
                 self.closing = True
+            case ManualWake(model=model, cause=cause):
+                self._manual_wake(model, cause, effects)
+            case ManualSleep(model=model, cause=cause):
+                self._manual_sleep(model, cause)
+            case Pin(model=model, cause=cause):
+                self._pin(model, cause, effects)
             case _:
                 raise TypeError(f"not a scheduler message: {message!r}")
         self._advance(now, effects)
@@ -179,7 +200,7 @@ class SchedulerCore:
             self._take("retired", f"{switch.from_model} is asleep: {switch.reason}", now, effects)
             self.switch = None
             return
-        if switch.to_model in self._demand and not self.closing:
+        if self._wanted(switch.to_model) and not self.closing:
             self._wake(switch, now, effects)
             return
         self._take("retired", f"nobody waits for {switch.to_model} any more", now, effects)
@@ -208,6 +229,8 @@ class SchedulerCore:
         duration = now - started
         self.costs.observe(switch.from_model, target, duration)
         self.active = target
+        if self.manual_target == target:
+            self.manual_target = None
         self._take("activated", f"{target} is active", now, effects)
         effects.append(
             SwitchFinished(
@@ -229,6 +252,9 @@ class SchedulerCore:
         started = switch.sleep_started_at or switch.wake_started_at or switch.decided_at
         self._failed_model = target
         self._backoff_until = now + self.failure_backoff
+        self.wake_failures[target] += 1
+        if self.manual_target == target:
+            self.manual_target = None  # reported to the operator; not retried forever
         self._take("wake_failed", f"{target} failed to wake", now, effects)
         effects.append(
             SwitchFinished(
@@ -257,7 +283,7 @@ class SchedulerCore:
             return
         if self.phase == "Settling" and now >= self._settle_until and self.switch is not None:
             self._settle_until = math.inf
-            if self.switch.to_model in self._demand:
+            if self._wanted(self.switch.to_model):
                 self._retire(self.switch, now, effects)
             else:
                 self._take(
@@ -286,6 +312,63 @@ class SchedulerCore:
             self.switch = switch
             self._retire(switch, now, effects)
 
+    def _sleep_only(self, reason: str, now: float, effects: list[SchedulerEffect]) -> None:
+        """Put the active model to sleep and wake nothing."""
+        assert self.active is not None
+        switch = SwitchRecord(self.active, None, reason, now)
+        self.switch = switch
+        self._retire(switch, now, effects)
+
+    def _idle_deadline(self) -> float:
+        if self.active is None or self.pinned is not None:
+            return math.inf
+        idle = self.idle_sleep.get(self.active)
+        since = self.views[self.active].idle_since
+        if idle is None or since is None or self.views[self.active].state != ACTIVE:
+            return math.inf
+        return since + idle
+
+    def _wanted(self, model: str | None) -> bool:
+        return model is not None and (
+            model in self._demand or model in (self.manual_target, self.pinned)
+        )
+
+    # ---- an operator's commands ------------------------------------------------------------
+
+    def _manual_wake(self, model: str, cause: str, effects: list[SchedulerEffect]) -> None:
+        if model not in self.views:
+            effects.append(Anomaly(SCHEDULER, f"manual wake of unknown model {model!r}"))
+            return
+        if self.pinned is not None and model != self.pinned:
+            self.last_decision = f"refused {cause} of {model}: pinned to {self.pinned}"
+            return
+        if self.sleep_wanted == model:
+            self.sleep_wanted = None
+        if model == self.active and self.views[model].state == ACTIVE:
+            return  # already what was asked
+        self.manual_target = model
+        self.last_decision = f"{cause}: {model}"
+
+    def _manual_sleep(self, model: str, cause: str) -> None:
+        if self.manual_target == model:
+            self.manual_target = None
+        if self.pinned == model:
+            self.last_decision = f"refused {cause} of {model}: it is pinned"
+            return
+        # Honoured by _decide once no switch is under way.
+        self.sleep_wanted = model
+
+    def _pin(self, model: str | None, cause: str, effects: list[SchedulerEffect]) -> None:
+        if model is not None and model not in self.views:
+            effects.append(Anomaly(SCHEDULER, f"pin of unknown model {model!r}"))
+            return
+        self.pinned = model
+        self.manual_target = None
+        self.last_decision = f"pinned to {model}" if model else "unpinned"
+        if cause:
+            self.last_decision += f": {cause}"
+        effects.extend(SendPin(name, model) for name in self.views)
+
     def is_quiet(self) -> bool:
         """Every model is asleep and no switch is under way."""
         return self.phase in ("Idle", "Backoff") and not self.awake()
@@ -301,6 +384,23 @@ class SchedulerCore:
 
     def _decide(self, now: float, effects: list[SchedulerEffect]) -> None:
         self._recheck_at = math.inf
+        if self.sleep_wanted is not None:
+            model, self.sleep_wanted = self.sleep_wanted, None
+            if model == self.active:
+                self.last_decision = f"sleep {model}: manual sleep"
+                self._sleep_only(self.last_decision, now, effects)
+                return
+        target = self.pinned or self.manual_target
+        if target is not None:
+            if target != self.active and self.views[target].state == SLEEPING:
+                self.last_decision = f"switch to {target}: {'pinned' if self.pinned else 'manual'}"
+                self._start(target, self.last_decision, now, effects, settle=False)
+            return  # an operator's choice overrides the policy
+        if self._idle_deadline() <= now and self.active is not None:
+            idle = self.idle_sleep[self.active]
+            self.last_decision = f"sleep {self.active}: idle for {idle:g}s"
+            self._sleep_only(self.last_decision, now, effects)
+            return
         candidates = sorted(
             (
                 name
@@ -367,21 +467,30 @@ class SchedulerCore:
             active_duration=self._active_duration(now),
             active_in_flight=self._active_in_flight(),
             queue_depths={name: self.views[name].queue_depth for name in self._demand},
-            oldest_waiting={
-                name: now - _arrived(self.views[name], now) for name in self._demand
-            },
+            oldest_waiting={name: now - _arrived(self.views[name], now) for name in self._demand},
             switch_costs=costs,
             now=now,
         )
 
     # ---- switching -------------------------------------------------------------------------
 
-    def _start(self, target: str, reason: str, now: float, effects: list[SchedulerEffect]) -> None:
+    def _start(
+        self,
+        target: str,
+        reason: str,
+        now: float,
+        effects: list[SchedulerEffect],
+        *,
+        settle: bool = True,
+    ) -> None:
         switch = SwitchRecord(self.active, target, reason, now)
         self.switch = switch
         effects.append(SwitchStarted(self.active, target, reason, now))
         if self.active is None:
             self._wake(switch, now, effects)
+            return
+        if not settle:
+            self._retire(switch, now, effects)
             return
         since = self.views[self.active].active_since
         settle_until = (since if since is not None else now) + self.min_active

@@ -1,0 +1,76 @@
+"""The picture behind `GET /llmux/status` and `llmux status`: every model's state, queue and
+last transition, the scheduler's phase and last decision, switch-cost estimates, and the
+machines' definitions (so a client draws the same diagram as docs/state-diagram.md)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from llmux.actors import ModelActor, SchedulerActor
+from llmux.core.lifecycle import MACHINES, edges
+from llmux.journal import Journal
+
+
+def machine_definitions() -> dict[str, Any]:
+    definitions: dict[str, Any] = {}
+    for machine in MACHINES:
+        states = [str(state.name) for state in machine.states]
+        initial = next(str(state.name) for state in machine.states if state.initial)
+        definitions[machine.__name__] = {
+            "states": states,
+            "initial": initial,
+            "edges": [list(edge) for edge in sorted(edges(machine))],
+        }
+    return definitions
+
+
+def build_status(
+    models: Mapping[str, ModelActor],
+    scheduler: SchedulerActor,
+    journal: Journal,
+    now: float,
+) -> dict[str, Any]:
+    """`now` is trio's clock; times shown to people are wall-clock."""
+    wall_offset = time.time() - now
+    core = scheduler.core
+    model_status: dict[str, Any] = {}
+    for name, actor in sorted(models.items()):
+        model = actor.core
+        oldest = model.oldest_arrival()
+        model_status[name] = {
+            "state": model.state,
+            "in_flight": len(model.in_flight),
+            "queue_depth": len(model.queue),
+            "oldest_wait_secs": round(now - oldest, 6) if oldest is not None else None,
+            "time_in_state_secs": round(now - model.state_since, 6),
+            "last_transition": journal.last_by_subject.get(name),
+            "idle_sleep_secs": actor.config.idle_sleep_secs,
+            "port": actor.config.port,
+        }
+    switch = core.switch
+    return {
+        "models": model_status,
+        "scheduler": {
+            "phase": core.phase,
+            "active": core.active,
+            "pinned": core.pinned,
+            "switch": None
+            if switch is None
+            else {
+                "from": switch.from_model,
+                "to": switch.to_model,
+                "reason": switch.reason,
+                "started_at": round(switch.decided_at + wall_offset, 6),
+            },
+            "last_decision": core.last_decision,
+            "last_transition": journal.last_by_subject.get("scheduler"),
+            "policy": core.policy.name,
+        },
+        "switch_costs": [
+            {"from": source or "idle", "to": target, "estimate_secs": round(estimate, 6)}
+            for (source, target), estimate in core.costs.items()
+        ],
+        "machines": machine_definitions(),
+    }
