@@ -63,6 +63,35 @@ class Skip(msgspec.Struct, frozen=True):
 PolicyDecision = SwitchNow | Defer | Skip
 
 
+class BoundInputs(msgspec.Struct, frozen=True):
+    """What a policy's starvation bound may depend on: the deployment and the workload.
+
+    `max_*` are upper limits of the workload (every hook run and every request's service
+    time stays within them), not observations. `failure_backoff` is the scheduler's pause
+    after a failed wake.
+    """
+
+    models: int
+    max_wake_secs: float
+    max_sleep_secs: float
+    max_service_secs: float
+    min_active: float = 0.0
+    request_timeout: float | None = None
+    drain_before_switch: bool = True
+    failure_backoff: float = 2.0
+
+    def switch_cycle_secs(self, hold: float = 0.0) -> float:
+        """The longest one switch can take once the scheduler has picked its target.
+
+        Keep the active model until it has been up `max(min_active, hold)` seconds (`hold`
+        is how long the policy itself keeps it, e.g. a quantum), drain it (at most one
+        service time, since nothing is granted once the drain starts; nothing with
+        `drain_before_switch` off), run its sleep hook, then the target's wake hook.
+        """
+        drain = self.max_service_secs if self.drain_before_switch else 0.0
+        return max(self.min_active, hold) + drain + self.max_sleep_secs + self.max_wake_secs
+
+
 @runtime_checkable
 class SwitchPolicy(Protocol):
     """Implement this (or subclass `BasePolicy`) to write your own policy.
@@ -71,6 +100,10 @@ class SwitchPolicy(Protocol):
     active one has queued requests, once per such model, oldest waiter first; the first
     `SwitchNow` wins. `on_tick`, if `tick_interval_secs` is set, is called that often and
     may name a model to switch to.
+
+    Optionally, a policy may also define `starvation_bound(inputs: BoundInputs) ->
+    float | None` (see `DeclaresStarvationBound`): it is not part of this protocol, so a
+    policy without it still loads.
     """
 
     name: str
@@ -79,6 +112,29 @@ class SwitchPolicy(Protocol):
     def on_pending(self, ctx: PendingContext) -> PolicyDecision: ...
 
     def on_tick(self, ctx: ScheduleContext) -> str | None: ...
+
+
+@runtime_checkable
+class DeclaresStarvationBound(Protocol):
+    """A policy that promises no request waits forever, and says how long is forever.
+
+    `starvation_bound(inputs)` returns B (seconds) such that, under this policy, a request
+    still waiting at any instant s (at or after its arrival) is over by s + B: granted,
+    rejected (it timed out, or its model failed to wake) or withdrawn by its client, unless
+    some hook run fails during (s, s + B]. In particular, with hooks that never fail, no
+    request waits longer than B. It must hold whatever else arrives, as long as the
+    workload stays within `inputs`. None means "no bound is promised". `llmux.testing`
+    checks the promise.
+    """
+
+    def starvation_bound(self, inputs: BoundInputs) -> float | None: ...
+
+
+def starvation_bound(policy: object, inputs: BoundInputs) -> float | None:
+    """The bound `policy` declares for `inputs`, or None if it declares none."""
+    if not isinstance(policy, DeclaresStarvationBound):
+        return None
+    return policy.starvation_bound(inputs)
 
 
 class BasePolicy:
@@ -91,4 +147,8 @@ class BasePolicy:
         return SwitchNow("default")
 
     def on_tick(self, ctx: ScheduleContext) -> str | None:
+        return None
+
+    def starvation_bound(self, inputs: BoundInputs) -> float | None:
+        """No promise by default; override it to have `llmux.testing` hold you to one."""
         return None

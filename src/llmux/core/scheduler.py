@@ -225,7 +225,7 @@ class SchedulerCore:
         effects: list[SchedulerEffect],
     ) -> None:
         target = _target(switch)
-        started = switch.sleep_started_at or switch.wake_started_at or switch.decided_at
+        started = _cost_clock_start(switch)
         duration = now - started
         self.costs.observe(switch.from_model, target, duration)
         self.active = target
@@ -249,7 +249,7 @@ class SchedulerCore:
         self, switch: SwitchRecord, now: float, effects: list[SchedulerEffect]
     ) -> None:
         target = _target(switch)
-        started = switch.sleep_started_at or switch.wake_started_at or switch.decided_at
+        started = _cost_clock_start(switch)
         self._failed_model = target
         self._backoff_until = now + self.failure_backoff
         self.wake_failures[target] += 1
@@ -555,3 +555,12 @@ def _target(switch: SwitchRecord) -> str:
     """The model a waking switch wakes (only sleep-only switches have none)."""
     assert switch.to_model is not None, "a sleep-only switch never wakes anything"
     return switch.to_model
+
+
+def _cost_clock_start(switch: SwitchRecord) -> float:
+    """When the GPU stopped serving for this switch: the sleep hook's start, or the wake's
+    (cold), or the decision. Explicit `is None` tests: a time of 0.0 is a real time."""
+    for started in (switch.sleep_started_at, switch.wake_started_at):
+        if started is not None:
+            return started
+    return switch.decided_at

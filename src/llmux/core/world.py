@@ -44,12 +44,29 @@ from llmux.core.scheduler import SchedulerCore
 
 
 class HookScript(msgspec.Struct, frozen=True):
-    """How long a model's hooks take; `wake_failures` lists which wake attempts (0-based)
-    fail."""
+    """How long a model's hooks take; `wake_failures` and `sleep_failures` list which
+    attempts (0-based, counted per model and hook) fail."""
 
     wake_secs: float = 1.0
     sleep_secs: float = 1.0
     wake_failures: frozenset[int] = frozenset()
+    sleep_failures: frozenset[int] = frozenset()
+
+
+class HookRun(msgspec.Struct, frozen=True):
+    """One hook run as the script decided it when it started: it ends at `finished`."""
+
+    model: str
+    hook: Hook
+    attempt: int
+    started: float
+    finished: float
+    ok: bool
+
+
+class RunawayError(RuntimeError):
+    """`World.run(max_steps=...)` processed that many instants without running out of work:
+    something keeps asking to be woken (a policy that defers by 0 s forever, say)."""
 
 
 class Settings(msgspec.Struct, frozen=True):
@@ -89,14 +106,16 @@ class World:
         settings: Settings | None = None,
         *,
         on_effect: Callable[[object], None] | None = None,
+        core_class: type[ModelCore] = ModelCore,
     ) -> None:
         settings = settings if settings is not None else Settings()
         self.now = 0.0
         self.settings = settings
         self.hooks = dict(hooks)
         self.costs = SwitchCostTracker()
+        # `core_class` lets a test run a deliberately broken core (see llmux.testing).
         self.models = {
-            name: ModelCore(
+            name: core_class(
                 name,
                 request_timeout=settings.request_timeout,
                 drain_before_switch=settings.drain_before_switch,
@@ -111,7 +130,10 @@ class World:
         self.switches: list[SwitchFinished] = []
         self.anomalies: list[Anomaly] = []
         self.hook_runs: list[tuple[float, str, Hook]] = []
+        # Every hook run with its scripted end and result, recorded when it starts.
+        self.hook_outcomes: list[HookRun] = []
         self.wake_attempts: dict[str, int] = dict.fromkeys(hooks, 0)
+        self.sleep_attempts: dict[str, int] = dict.fromkeys(hooks, 0)
         self._on_effect = on_effect
         self._ids = itertools.count()
         self._seq = itertools.count()
@@ -138,14 +160,51 @@ class World:
 
         self._at(at, go)
 
+    def fail_next_hook(self, model: str, hook: Hook) -> None:
+        """Make the next `hook` run of `model` that has not started yet fail."""
+        script = self.hooks[model]
+        if hook is Hook.WAKE:
+            failures = script.wake_failures | {self.wake_attempts[model]}
+            self.hooks[model] = msgspec.structs.replace(script, wake_failures=failures)
+        else:
+            failures = script.sleep_failures | {self.sleep_attempts[model]}
+            self.hooks[model] = msgspec.structs.replace(script, sleep_failures=failures)
+
+    def heal_hooks(self) -> None:
+        """From now on every hook run that has not started yet succeeds."""
+        for name, script in self.hooks.items():
+            self.hooks[name] = msgspec.structs.replace(
+                script,
+                wake_failures=frozenset(
+                    i for i in script.wake_failures if i < self.wake_attempts[name]
+                ),
+                sleep_failures=frozenset(
+                    i for i in script.sleep_failures if i < self.sleep_attempts[name]
+                ),
+            )
+
+    # ---- queries -----------------------------------------------------------------------------
+
+    def live_requests(self) -> list[RequestRecord]:
+        """Requests that have arrived and are not over yet, oldest first."""
+        return [r for r in self.requests.values() if r.arrived <= self.now and not r.done]
+
     # ---- running -----------------------------------------------------------------------------
 
-    def run(self, until: float = math.inf) -> None:
-        """Process everything due up to `until` (everything, if no limit)."""
+    def run(self, until: float = math.inf, *, max_steps: int | None = None) -> None:
+        """Process everything due up to `until` (everything, if no limit).
+
+        With `max_steps`, raise `RunawayError` after processing that many instants rather
+        than loop forever at one instant.
+        """
+        steps = 0
         while True:
             next_at = self._next_time()
             if next_at is None or next_at > until:
                 break
+            steps += 1
+            if max_steps is not None and steps > max_steps:
+                raise RunawayError(f"still busy at t={self.now} after {max_steps} instants")
             self.now = max(self.now, next_at)
             while self._timeline and self._timeline[0][0] <= self.now:
                 _, _, action = heapq.heappop(self._timeline)
@@ -244,6 +303,10 @@ class World:
             ok = attempt not in script.wake_failures
             duration = script.wake_secs
         else:
-            ok, duration = True, script.sleep_secs
+            attempt = self.sleep_attempts[model]
+            self.sleep_attempts[model] = attempt + 1
+            ok = attempt not in script.sleep_failures
+            duration = script.sleep_secs
+        self.hook_outcomes.append(HookRun(model, hook, attempt, self.now, self.now + duration, ok))
         detail = "" if ok else "exit status 1"
         self._at(self.now + duration, lambda: self._deliver(model, HookDone(hook, ok, detail)))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from llmux.core.policy import BasePolicy, PendingContext, PolicyDecision, SwitchNow
+from llmux.core.policy import BasePolicy, BoundInputs, PendingContext, PolicyDecision, SwitchNow
 
 
 class FifoPolicy(BasePolicy):
@@ -14,3 +14,22 @@ class FifoPolicy(BasePolicy):
 
     def on_pending(self, ctx: PendingContext) -> PolicyDecision:
         return SwitchNow(f"{ctx.target_queue_depth} waiting, oldest {ctx.oldest_waiting:.3f}s")
+
+    def starvation_bound(self, inputs: BoundInputs) -> float:
+        """`N * C + max(C, failure_backoff)`, with C = `inputs.switch_cycle_secs()`.
+
+        C = min_active + max service (if draining) + max sleep + max wake bounds one switch
+        cycle: from the scheduler picking a target to that target being active (or, if the
+        target's waiters all left meanwhile, to the old model being asleep). Take a request
+        r for model m, arriving at t, and no hook failing from t on. Whenever the scheduler
+        is idle it switches at once to the model with the oldest waiter, so each cycle
+        started after t targets m or one of the at most N - 1 other models that have a
+        waiter older than r. Such a cycle grants that model's whole queue (or ends because
+        the queue emptied), and later arrivals are younger than r, so each of those models
+        is targeted at most once before m. Before the first of these cycles the scheduler
+        may still be finishing a cycle begun before t (at most C) or sitting out a failure
+        backoff (at most failure_backoff, which overlaps the failed model's cleanup sleep,
+        at most C). So r is answered within max(C, failure_backoff) + (N - 1) * C + C.
+        """
+        cycle = inputs.switch_cycle_secs()
+        return inputs.models * cycle + max(cycle, inputs.failure_backoff)

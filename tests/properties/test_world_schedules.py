@@ -1,0 +1,52 @@
+"""Whole request schedules through the deterministic world, with scripted hook failures.
+
+The state machine (test_world_conformance.py) builds its traffic step by step; these tests
+draw a complete schedule up front (bursts of requests, clients that leave, hooks that fail on
+given attempts), run it, and check every invariant, including each request's wait against
+the policy's declared starvation bound; `target` steers the search towards long waits.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, target
+from hypothesis import strategies as st
+
+from llmux.core.world import HookScript, Settings
+from llmux.policies import BUILTIN
+from llmux.testing import (
+    PlannedRequest,
+    hook_scripts,
+    quantized,
+    request_schedules,
+    run_schedule,
+)
+
+MODELS = ("a", "b", "c")
+MAX_SERVICE = 3.0
+
+
+@pytest.mark.parametrize("drain", [True, False], ids=["drain", "no-drain"])
+@pytest.mark.parametrize("policy", sorted(BUILTIN))
+@given(
+    scripts=st.fixed_dictionaries({m: hook_scripts(2.0, failures=True) for m in MODELS}),
+    schedule=request_schedules(MODELS, max_requests=40, max_service=MAX_SERVICE),
+    timeout=st.none() | quantized(0.5, 30.0),
+    min_active=quantized(0.0, 3.0),
+)
+def test_whole_schedules_keep_every_invariant(
+    policy: str,
+    drain: bool,
+    scripts: dict[str, HookScript],
+    schedule: list[PlannedRequest],
+    timeout: float | None,
+    min_active: float,
+) -> None:
+    checked = run_schedule(
+        BUILTIN[policy](),
+        scripts,
+        schedule,
+        Settings(timeout, drain, min_active),
+        max_service=MAX_SERVICE,
+    )
+    target(checked.monitor.max_wait_ratio, label="max wait / starvation bound")
