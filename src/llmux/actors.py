@@ -107,6 +107,9 @@ class ModelActor:
     # ---- the actor ---------------------------------------------------------------------------
 
     async def run(self) -> None:
+        if self.core.epoch == 0:
+            # The core has no clock of its own: its first state began when its actor did.
+            self.core.state_since = trio.current_time()
         async with trio.open_nursery() as hooks:
             while True:
                 batch = await self._next_batch()

@@ -65,8 +65,10 @@ _REJECT_STATUS = {
 }
 # A full queue empties when its model next wakes; a switch typically takes seconds.
 QUEUE_FULL_RETRY_AFTER = (b"retry-after", b"5")
-# Routes that answer without a key, so a load balancer can probe llmux.
-_OPEN_PATHS = frozenset({b"/health"})
+# Routes that answer without a key: a load balancer's probe, and the status page itself
+# (a browser cannot send a header when it opens a page; the page then uses the key it is
+# given in its URL fragment for everything it fetches, and the page holds no data).
+_OPEN_PATHS = frozenset({b"/health", b"/llmux", b"/llmux/"})
 
 
 class HttpError(Exception):
