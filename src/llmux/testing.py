@@ -60,7 +60,18 @@ from hypothesis.stateful import (
 )
 
 from llmux.core.lifecycle import ModelLifecycle, SwitchSequence, edges
-from llmux.core.messages import Anomaly, Grant, Hook, Reject, RunHook, Transition
+from llmux.core.messages import (
+    Anomaly,
+    Grant,
+    Hook,
+    ManualSleep,
+    ManualWake,
+    Pin,
+    Reject,
+    RunHook,
+    Shutdown,
+    Transition,
+)
 from llmux.core.model import ACTIVE, DRAINING, SLEEPING, ModelCore
 from llmux.core.policy import BoundInputs, SwitchPolicy, starvation_bound
 from llmux.core.world import HookScript, RunawayError, Settings, World
@@ -369,6 +380,11 @@ class CheckedWorld:
 
     def fail_next_hook(self, model: str, hook: Hook) -> None:
         self.world.fail_next_hook(model, hook)
+
+    def command(self, message: ManualWake | ManualSleep | Pin | Shutdown) -> None:
+        """An operator's command (or shutdown) now."""
+        self.world.command(message, self.world.now)
+        self._run(self.world.now)
 
     def advance(self, dt: float) -> None:
         self._run(self.world.now + dt)

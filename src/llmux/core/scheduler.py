@@ -278,6 +278,8 @@ class SchedulerCore:
     # ---- deciding --------------------------------------------------------------------------
 
     def _advance(self, now: float, effects: list[SchedulerEffect]) -> None:
+        if self.phase == "Backoff":
+            self._end_backoff(now, effects)
         if self.closing:
             self._wind_down(now, effects)
             return
@@ -290,14 +292,22 @@ class SchedulerCore:
                     "cancel", f"nobody waits for {self.switch.to_model} any more", now, effects
                 )
                 self.switch = None
-        if self.phase == "Backoff" and now >= self._backoff_until:
-            failed = self._failed_model
-            if failed is None or self.views[failed].state == SLEEPING:
-                self._backoff_until = math.inf
-                self._failed_model = None
-                self._take("recovered", "failure backoff over", now, effects)
         if self.phase == "Idle":
             self._decide(now, effects)
+
+    def _end_backoff(self, now: float, effects: list[SchedulerEffect]) -> None:
+        """Backoff ends when its time is up and the failed model's cleanup sleep is done,
+        whichever comes last."""
+        if now >= self._backoff_until:
+            # Time is up: from now on only the failed model's report can end the backoff,
+            # so stop asking for ticks (a deadline in the past would be asked for forever).
+            self._backoff_until = math.inf
+        if self._backoff_until < math.inf:
+            return
+        failed = self._failed_model
+        if failed is None or self.views[failed].state == SLEEPING:
+            self._failed_model = None
+            self._take("recovered", "failure backoff over", now, effects)
 
     def _wind_down(self, now: float, effects: list[SchedulerEffect]) -> None:
         """Shutting down: start nothing, and put the awake model to sleep once it is idle."""

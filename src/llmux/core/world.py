@@ -26,12 +26,18 @@ from llmux.core.messages import (
     Grant,
     Hook,
     HookDone,
+    ManualSleep,
+    ManualWake,
     ModelInput,
-    ModelReport,
+    Pin,
     Reject,
     RunHook,
+    SchedulerInput,
     SendDrain,
+    SendPin,
     SendWake,
+    SetPin,
+    Shutdown,
     SwitchFinished,
     SwitchStarted,
     Tick,
@@ -73,6 +79,8 @@ class Settings(msgspec.Struct, frozen=True):
     request_timeout: float | None = None
     drain_before_switch: bool = True
     min_active: float = 0.0
+    # Every model's idle_sleep_secs (None: never put an idle model to sleep).
+    idle_sleep: float | None = None
 
 
 class RequestRecord(msgspec.Struct):
@@ -123,7 +131,11 @@ class World:
             for name in hooks
         }
         self.scheduler = SchedulerCore(
-            list(hooks), policy, min_active=settings.min_active, costs=self.costs
+            list(hooks),
+            policy,
+            min_active=settings.min_active,
+            costs=self.costs,
+            idle_sleep=dict.fromkeys(hooks, settings.idle_sleep),
         )
         self.requests: dict[int, RequestRecord] = {}
         self.transitions: list[Transition] = []
@@ -252,7 +264,21 @@ class World:
             if report is not None:
                 self._scheduler_input(report)
 
-    def _scheduler_input(self, message: ModelReport | Tick) -> None:
+    def command(self, message: ManualWake | ManualSleep | Pin | Shutdown, at: float) -> None:
+        """An operator's command (or the shutdown signal) reaches the scheduler at `at`.
+
+        Shutdown goes to every model first, then to the scheduler, as the app sends it."""
+
+        def go() -> None:
+            if isinstance(message, Shutdown):
+                for name in self.models:
+                    self._deliver(name, Shutdown())
+                self._flush()
+            self._scheduler_input(message)
+
+        self._at(at, go)
+
+    def _scheduler_input(self, message: SchedulerInput) -> None:
         self._perform(self.scheduler.handle(message, self.now))
 
     # ---- effects -----------------------------------------------------------------------------
@@ -273,6 +299,8 @@ class World:
                     self._deliver(model, Wake(cause))
                 case SendDrain(model=model, cause=cause):
                     self._deliver(model, Drain(cause))
+                case SendPin(model=model, pinned_to=pinned_to):
+                    self._deliver(model, SetPin(pinned_to))
                 case Transition():
                     self.transitions.append(effect)
                 case SwitchFinished():
