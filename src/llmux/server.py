@@ -526,12 +526,20 @@ class HttpConnection:
 
     async def _while_client_connected(self, work: Callable[[], Awaitable[None]]) -> None:
         """Run `work`, cancelling it the moment the client hangs up."""
+        broken: trio.BrokenResourceError | trio.ClosedResourceError | None = None
         async with trio.open_nursery() as nursery:
+
+            # (Tests serve in-memory streams, which have no socket.)
+            sock = getattr(self.stream, "socket", None)
 
             async def watch() -> None:
                 buffered = 0
                 while buffered < MAX_PIPELINED_BYTES:
                     try:
+                        if sock is not None:
+                            # Waiting first spares a recv() that would almost always find
+                            # nothing.
+                            await trio.lowlevel.wait_readable(sock)
                         data = await self.stream.receive_some(RECEIVE_SIZE)
                     except (trio.BrokenResourceError, trio.ClosedResourceError):
                         data = b""
@@ -543,8 +551,15 @@ class HttpConnection:
                     buffered += len(data)
 
             nursery.start_soon(watch)
-            await work()
+            try:
+                await work()
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                # Raised here, it would leave the nursery wrapped in an ExceptionGroup that
+                # the connection loop does not expect: carry it out bare instead.
+                broken = exc
             nursery.cancel_scope.cancel()
+        if broken is not None:
+            raise broken
         if nursery.cancel_scope.cancelled_caught and self.conn.our_state is not h11.DONE:
             raise trio.BrokenResourceError("client went away")
 
