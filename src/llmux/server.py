@@ -232,9 +232,11 @@ class HttpConnection:
         headers = [content_type, (b"content-length", str(len(body)).encode()), *extra]
         if close or self.frontend.closing:
             headers.append((b"connection", b"close"))
-        await self._send(h11.Response(status_code=status, headers=headers))
-        await self._send(h11.Data(data=body))
-        await self._send(h11.EndOfMessage())
+        # One write for the whole answer.
+        data = self.conn.send(h11.Response(status_code=status, headers=headers)) or b""
+        data += self.conn.send(h11.Data(data=body)) or b""
+        data += self.conn.send(h11.EndOfMessage()) or b""
+        await self.stream.send_all(data)
 
     async def _respond_error(
         self,
@@ -342,10 +344,13 @@ class HttpConnection:
         size = 0
         limit = self.limits.max_body_bytes
         while True:
-            with trio.move_on_after(self.limits.body_timeout_secs) as waiting:
-                event = await self._next_event()
-            if waiting.cancelled_caught:
-                raise HttpError(408, "Timed out reading the request body")
+            # A small body usually came with its headers: no timer needed to take it.
+            event = self.conn.next_event()
+            if event is h11.NEED_DATA:
+                with trio.move_on_after(self.limits.body_timeout_secs) as waiting:
+                    event = await self._next_event()
+                if waiting.cancelled_caught:
+                    raise HttpError(408, "Timed out reading the request body")
             if isinstance(event, h11.Data):
                 size += len(event.data)
                 if size > limit:
@@ -506,17 +511,27 @@ class HttpConnection:
                 if _has_length(response.headers):
                     length = _content_length(response.headers)
                     response_headers.append((b"content-length", length))
-                await self._send(
-                    h11.Response(
-                        status_code=response.status_code,
-                        headers=response_headers,
-                        reason=response.reason,
-                    )
+                head = h11.Response(
+                    status_code=response.status_code,
+                    headers=response_headers,
+                    reason=response.reason,
                 )
-                async for chunk in response.iter_body():
-                    await self._send(h11.Data(data=chunk))
-                await self._send(h11.EndOfMessage())
-                return response.status_code
+                # Everything that has arrived goes out in one write, and a write happens
+                # before every wait for the backend: one syscall for a small response, and a
+                # stream's events are never held back.
+                out = [self.conn.send(head) or b""]
+                while True:
+                    chunks, complete = response.ready_body()
+                    out.extend(self.conn.send(h11.Data(data=chunk)) or b"" for chunk in chunks)
+                    if complete:
+                        out.append(self.conn.send(h11.EndOfMessage()) or b"")
+                    data = b"".join(out)
+                    if data:
+                        await self.stream.send_all(data)
+                    if complete:
+                        return response.status_code
+                    out = []
+                    await response.receive_more()
         except UpstreamError as exc:
             if self.conn.our_state is not h11.SEND_RESPONSE:
                 # Headers are out: the only honest signal left is to cut the connection.
@@ -528,7 +543,6 @@ class HttpConnection:
         """Run `work`, cancelling it the moment the client hangs up."""
         broken: trio.BrokenResourceError | trio.ClosedResourceError | None = None
         async with trio.open_nursery() as nursery:
-
             # (Tests serve in-memory streams, which have no socket.)
             sock = getattr(self.stream, "socket", None)
 

@@ -98,6 +98,29 @@ class _Connection:
                 raise UpstreamError(f"backend on {self.where} sent {event!r} inside a body")
         return None
 
+    def ready_body(self) -> tuple[list[bytes], bool]:
+        """The body chunks already received, without waiting; True once the body is complete.
+
+        Lets a relay send everything that has arrived in one write, and write only when it
+        would otherwise wait: nothing is ever held back while more is awaited.
+        """
+        chunks: list[bytes] = []
+        while self.h11.their_state not in _FINISHED_STATES:
+            event = self._next_event()
+            if isinstance(event, h11.Data):
+                chunks.append(bytes(event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                return chunks, True
+            elif event is h11.NEED_DATA:
+                return chunks, False
+            else:
+                raise UpstreamError(f"backend on {self.where} sent {event!r} inside a body")
+        return chunks, True
+
+    async def receive_more(self) -> None:
+        """Wait for the next bytes from the backend (the body goes on: see `ready_body`)."""
+        await self._receive()
+
     def reusable(self) -> bool:
         # `trailing_data` would be bytes the backend sent unasked: the next exchange would
         # misread them as its response.
@@ -173,6 +196,18 @@ class UpstreamResponse:
     def iter_body(self) -> AsyncIterator[bytes]:
         """Yield body chunks as they arrive; raises UpstreamError if the backend breaks off."""
         return _Body(self._conn)
+
+    def ready_body(self) -> tuple[list[bytes], bool]:
+        """Body chunks that have arrived, without waiting, and whether the body is complete.
+
+        With `receive_more`, the alternative to `iter_body` for a relay that writes
+        everything it has in one go and writes before every wait.
+        """
+        return self._conn.ready_body()
+
+    async def receive_more(self) -> None:
+        """Wait until more of the body arrives (or the backend breaks off: UpstreamError)."""
+        await self._conn.receive_more()
 
 
 class UpstreamPool:
