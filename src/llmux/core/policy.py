@@ -16,8 +16,26 @@ from typing import Protocol, runtime_checkable
 import msgspec
 
 
+class WaitingSummary(msgspec.Struct, frozen=True):
+    """One model's waiting requests, as `PendingContext.waiting` lists them."""
+
+    queue_depth: int
+    # How long its oldest waiting request has waited (s).
+    oldest_waiting: float
+
+
 class PendingContext(msgspec.Struct, frozen=True):
-    """Asked for each model that has queued requests while another model (or none) is active."""
+    """Asked for each model that has queued requests while another model (or none) is active.
+
+    The first eight fields describe the one model asked about. The last three, filled in by
+    the scheduler, give the whole picture of that decision round, so that a policy can
+    compare the candidates instead of judging each alone (they default to "unknown" for a
+    context built by hand): `waiting` lists every model the scheduler will ask about in this
+    round (the target included), `cost_estimates` every switch-cost estimate (EMA, seconds)
+    by (from, to) direction, `from` None being a cold start (a direction missing there has
+    never been observed), and `active_idle_secs` how long the active model has had nothing
+    in flight or queued (None while it is busy, or when no model is active).
+    """
 
     target_model: str
     active_model: str | None
@@ -27,6 +45,9 @@ class PendingContext(msgspec.Struct, frozen=True):
     active_duration: float
     estimated_switch_cost: float | None
     now: float
+    waiting: Mapping[str, WaitingSummary] = {}
+    cost_estimates: Mapping[tuple[str | None, str], float] = {}
+    active_idle_secs: float | None = None
 
 
 class ScheduleContext(msgspec.Struct, frozen=True):

@@ -42,6 +42,7 @@ from llmux.core.policy import (
     ScheduleContext,
     SwitchNow,
     SwitchPolicy,
+    WaitingSummary,
 )
 
 SCHEDULER = "scheduler"
@@ -419,6 +420,15 @@ class SchedulerCore:
             ),
             key=lambda name: (_arrived(self.views[name], now), name),
         )
+        # The whole round's picture, shared by every call of it (see PendingContext).
+        waiting = {
+            name: WaitingSummary(
+                self.views[name].queue_depth, now - _arrived(self.views[name], now)
+            )
+            for name in candidates
+        }
+        estimates = dict(self.costs.items())
+        active_idle = self._active_idle_secs(now)
         for target in candidates:
             view = self.views[target]
             oldest = view.oldest_arrival
@@ -431,6 +441,9 @@ class SchedulerCore:
                 active_duration=self._active_duration(now),
                 estimated_switch_cost=self.costs.estimate(self.active, target),
                 now=now,
+                waiting=waiting,
+                cost_estimates=estimates,
+                active_idle_secs=active_idle,
             )
             decision = self.policy.on_pending(ctx)
             if isinstance(decision, SwitchNow):
@@ -465,6 +478,15 @@ class SchedulerCore:
         if target in self._demand and target != self.active:
             self.last_decision = f"switch to {target}: policy tick"
             self._start(target, self.last_decision, now, effects)
+
+    def _active_idle_secs(self, now: float) -> float | None:
+        """How long the active model has had nothing in flight or queued (None if busy)."""
+        if self.active is None:
+            return None
+        view = self.views[self.active]
+        if view.state != ACTIVE or view.in_flight or view.idle_since is None:
+            return None
+        return max(now - view.idle_since, 0.0)
 
     def _schedule_context(self, now: float) -> ScheduleContext:
         costs: dict[str, float] = {}

@@ -6,9 +6,10 @@ import importlib
 from typing import Any
 
 from llmux.core.policy import SwitchPolicy
+from llmux.policies.cost_quantum import CostQuantumPolicy
 from llmux.policies.fifo import FifoPolicy
 
-BUILTIN: dict[str, type[Any]] = {"fifo": FifoPolicy}
+BUILTIN: dict[str, type[Any]] = {"fifo": FifoPolicy, "cost_quantum": CostQuantumPolicy}
 
 
 class PolicyLoadError(ValueError):
@@ -39,7 +40,8 @@ def build_policy(type_name: str, options: dict[str, Any]) -> SwitchPolicy:
     cls = resolve_policy_class(type_name)
     try:
         policy = cls(**options)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
+        # TypeError: an unknown or missing option; ValueError: an option out of range.
         raise PolicyLoadError(f"policy {type_name!r} rejected its options: {exc}") from exc
     if not isinstance(policy, SwitchPolicy):
         raise PolicyLoadError(
