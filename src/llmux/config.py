@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from llmux.policies import PolicyLoadError, resolve_policy_class
+from llmux.policies import PolicyLoadError, build_policy
 
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 ListenPort = Annotated[int, msgspec.Meta(ge=0, le=65535)]
@@ -155,7 +155,9 @@ def build_config(raw: _RawConfig, *, base_dir: str, origin: str) -> Config:
     except msgspec.ValidationError as exc:
         raise ConfigError(f"{origin}: {_with_field(str(exc), prefix='policy')}") from exc
     try:
-        resolve_policy_class(settings.type)
+        # Built once here, only to check it: options it refuses are a config error, not a
+        # traceback at start-up. (The app builds its own instance; policies may keep state.)
+        build_policy(settings.type, options)
     except PolicyLoadError as exc:
         raise ConfigError(f"{origin}: policy.type: {exc}") from exc
     return Config(

@@ -125,6 +125,11 @@ def test_a_restarted_llmux_adopts_the_model_left_awake(tmp_path: Path) -> None:
         ({"models": ONE_MODEL, "api_keys": [""]}, "api_keys"),
         ({"models": ONE_MODEL, "policy": {"request_timeout_secs": -1}}, "request_timeout_secs"),
         ({"models": ONE_MODEL, "policy": {"type": "no-such-policy"}}, "no-such-policy"),
+        (
+            {"models": ONE_MODEL, "policy": {"type": "cost_quantum", "max_wait_secs": -1}},
+            "policy.type: policy 'cost_quantum' rejected its options (max_wait_secs)",
+        ),
+        ({"models": ONE_MODEL, "policy": {"type": "fifo", "colour": "red"}}, "colour"),
     ],
 )
 def test_a_bad_config_prints_one_line_naming_the_field_and_exits_2(

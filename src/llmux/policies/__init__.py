@@ -42,7 +42,10 @@ def build_policy(type_name: str, options: dict[str, Any]) -> SwitchPolicy:
         policy = cls(**options)
     except (TypeError, ValueError) as exc:
         # TypeError: an unknown or missing option; ValueError: an option out of range.
-        raise PolicyLoadError(f"policy {type_name!r} rejected its options: {exc}") from exc
+        given = ", ".join(sorted(options)) or "none"
+        raise PolicyLoadError(
+            f"policy {type_name!r} rejected its options ({given}): {exc}"
+        ) from exc
     if not isinstance(policy, SwitchPolicy):
         raise PolicyLoadError(
             f"{type_name!r} is not a switch policy (needs name, tick_interval_secs, "
