@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from llmux.app import App
 from llmux.config import Config, Limits, ModelConfig, PolicySettings
 from llmux.standin import Standin
+from tests.hooklog import HookEvent, read_hook_log, single_awake_violations
 
 HOOK = Path(__file__).with_name("hook.sh")
 
@@ -37,14 +38,6 @@ class GatedStandin(Standin):
             await peer.send_body(503, b'{"error": "model is asleep"}', [])
             return
         await super()._dispatch(peer, request, body)
-
-
-@dataclass(frozen=True)
-class HookEvent:
-    at: float
-    model: str
-    action: str  # wake | sleep
-    phase: str  # start | end | failed
 
 
 @dataclass
@@ -71,14 +64,7 @@ class Rig:
     # ---- what happened -------------------------------------------------------------------------
 
     def hook_events(self) -> list[HookEvent]:
-        log = self.dir / "hooks.log"
-        if not log.exists():
-            return []
-        events = []
-        for line in log.read_text().splitlines():
-            at, model, action, phase = line.split()
-            events.append(HookEvent(float(at), model, action, phase))
-        return events
+        return read_hook_log(self.dir / "hooks.log")
 
     def hook_runs(self) -> list[str]:
         """`model:action` for every hook that started, in order."""
@@ -86,13 +72,7 @@ class Rig:
 
     def assert_single_awake(self) -> None:
         """From the hook log: no wake starts before the previous model's sleep has ended."""
-        awake: set[str] = set(self.initially_awake)
-        for event in self.hook_events():
-            if event.action == "wake" and event.phase == "start":
-                assert not awake - {event.model}, f"{event.model} woke while {awake} was awake"
-                awake.add(event.model)
-            elif event.action == "sleep" and event.phase == "end":
-                awake.discard(event.model)
+        assert single_awake_violations(self.hook_events(), self.initially_awake) == []
 
     async def hooks_become(self, expected: list[str]) -> None:
         """Wait (a few seconds at most) until the hook log shows exactly `expected`: hooks are

@@ -35,6 +35,8 @@ from typing import Any
 import httpx
 import trio
 
+from tests.hooklog import HookEvent, read_hook_log, single_awake_violations
+
 HOOK = Path(__file__).with_name("hook.sh")
 PATH = "/v1/chat/completions"
 # Generous bounds everywhere: the suite shares two cores with other jobs.
@@ -154,48 +156,6 @@ def _describe(pid: int, model: str) -> str:
     except (OSError, IndexError):
         return f"{model} (gone)"
     return f"{model} state={state} ppid={ppid} started={started} cwd={process_cwd(pid)}"
-
-
-# ---- the hook log -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class HookEvent:
-    at: float
-    model: str
-    action: str  # wake | sleep
-    phase: str  # start | end | failed
-
-
-def read_hook_log(path: Path) -> list[HookEvent]:
-    if not path.exists():
-        return []
-    events = []
-    for line in path.read_text().splitlines():
-        at, model, action, phase = line.split()
-        events.append(HookEvent(float(at), model, action, phase))
-    return events
-
-
-def single_awake_violations(events: Iterable[HookEvent]) -> list[str]:
-    """From the hook log: a wake never starts while another model may be awake.
-
-    A model may be awake from its wake's start until its sleep has ended (or failed): a wake
-    that failed, or was killed, counts as awake until its cleanup sleep is over."""
-    awake: set[str] = set()
-    last_sleep_end = -math.inf
-    problems = []
-    for event in events:
-        if event.action == "wake" and event.phase == "start":
-            if awake:
-                problems.append(f"{event.at:.3f}: {event.model} woke while {sorted(awake)} awake")
-            if event.at < last_sleep_end:
-                problems.append(f"{event.at:.3f}: {event.model} woke before the last sleep ended")
-            awake.add(event.model)
-        elif event.action == "sleep" and event.phase in ("end", "failed"):
-            awake.discard(event.model)
-            last_sleep_end = max(last_sleep_end, event.at)
-    return problems
 
 
 # ---- llmux, the process -----------------------------------------------------------------------

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.faults.harness import HookEvent, Outcome, Tally, single_awake_violations
+from tests.faults.harness import Outcome, Tally
 from tests.faults.report import latest, table
+from tests.hooklog import HookEvent, single_awake_violations
 
 
 def log(*lines: str) -> list[HookEvent]:
