@@ -145,6 +145,7 @@ def run_actors(
     settings: Settings,
     *,
     core_class: type[ModelCore] = ModelCore,
+    scheduler_class: type[SchedulerCore] = SchedulerCore,
 ) -> Monitor:
     """Run `schedule` through real actors; raise InvariantViolation if anything breaks."""
     cores = {
@@ -167,7 +168,7 @@ def run_actors(
     bound = starvation_bound(policy, inputs)
     monitor = Monitor(scripts, drain_before_switch=settings.drain_before_switch, bound=bound)
     telemetry = RecordingTelemetry(monitor, cores)
-    scheduler_core = SchedulerCore(list(scripts), policy, min_active=settings.min_active)
+    scheduler_core = scheduler_class(list(scripts), policy, min_active=settings.min_active)
     served = [Served(RequestRecord(i, p.model, p.at, p.service)) for i, p in enumerate(schedule)]
     failures = sum(len(s.wake_failures) + len(s.sleep_failures) for s in scripts.values())
     cycle = inputs.switch_cycle_secs()

@@ -21,6 +21,7 @@ from llmux.core.messages import (
     HookDone,
     ModelEffect,
     ModelInput,
+    ModelReport,
     SchedulerEffect,
     SchedulerInput,
     SendDrain,
@@ -235,3 +236,30 @@ def test_the_actor_suite_catches_a_lost_waiter_too() -> None:
     with pytest.raises(InvariantViolation) as info:
         _actors_with_a_forgetful_core()
     assert info.value.invariant == NOTHING_LOST
+
+
+class CredulousScheduler(SchedulerCore):
+    """Takes every report at face value, even one the model sent before it handled the
+    scheduler's last command (the race llmux's epoch check closes)."""
+
+    def _observe(self, report: ModelReport, now: float, effects: list[SchedulerEffect]) -> None:
+        self._commanded_epoch = dict.fromkeys(self._commanded_epoch, 0)
+        super()._observe(report, now, effects)
+
+
+@settings(TEETH, max_examples=200)
+@given(
+    st.fixed_dictionaries({m: hook_scripts(1.0) for m in "abc"}),
+    request_schedules("abc", max_requests=30, max_service=2.0, cancels=False),
+)
+def _actors_with_a_credulous_scheduler(
+    scripts: dict[str, HookScript], schedule: list[PlannedRequest]
+) -> None:
+    run_actors(FifoPolicy(), scripts, schedule, Settings(), scheduler_class=CredulousScheduler)
+
+
+def test_the_actor_suite_catches_reports_that_cross_commands() -> None:
+    """Only real actors deliver a report after a command was sent and before it was handled;
+    a scheduler that trusts such a report takes a wake for failed and loses track."""
+    with pytest.raises(InvariantViolation):
+        _actors_with_a_credulous_scheduler()
