@@ -108,7 +108,7 @@ def run_one(
     world.run()
     label = LABELS.get(policy_type, policy_type)
     result = _measure(world, workload.name, label, {}, time.perf_counter() - started)
-    waits = [r.granted_at - r.arrived for r in world.requests.values() if r.granted_at is not None]
+    waits = [r.started_at - r.arrived for r in world.requests.values() if r.started_at is not None]
     inputs = BoundInputs(
         models=len(hooks),
         max_wake_secs=max(h.wake_secs for h in hooks.values()),
@@ -130,8 +130,10 @@ def compare(
     profiles: Sequence[str] = tuple(PROFILES),
     seed: int = 0,
     duration: float | None = None,
+    backend_slots: int | None = None,
 ) -> list[Totals]:
-    settings = Settings()  # no timeout, drain first, min_active 0: the config's defaults
+    # No timeout, drain first, min_active 0: the config's defaults.
+    settings = Settings(backend_slots=backend_slots)
     workloads = [
         generate_profile(name, CONFIG_MODELS, seed=seed, duration=duration) for name in profiles
     ]
@@ -218,6 +220,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="an option for cost_quantum (repeatable), e.g. max_wait_secs=30",
     )
     parser.add_argument("--profile", action="append", default=[], choices=list(PROFILES))
+    parser.add_argument(
+        "--backend-slots",
+        type=int,
+        default=None,
+        help="requests a backend serves at once, the rest queue (default: unlimited)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--duration", type=float, default=None)
     parser.add_argument("--per-profile", action="store_true")
@@ -232,6 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         profiles=args.profile or tuple(PROFILES),
         seed=args.seed,
         duration=args.duration,
+        backend_slots=args.backend_slots,
     )
     if args.json:
         json.dump(

@@ -518,13 +518,18 @@ def _measure(
         first = min(first, r.arrived)
         counts[r.model] = counts.get(r.model, 0) + 1
         model_waits = by_model.setdefault(r.model, [])
-        if r.granted_at is not None:
-            wait = r.granted_at - r.arrived
+        if r.started_at is not None:
+            # Waiting ends when the backend starts on it (its first token), which is when
+            # llmux grants it unless the backend's slots are all taken.
+            wait = r.started_at - r.arrived
             waits.append(wait)
             model_waits.append(wait)
             end = r.finished_at if r.finished_at is not None else r.cancelled_at
             end = end if end is not None else world.now
-            busy.append((r.granted_at, end))
+            busy.append((r.started_at, end))
+        elif r.granted_at is not None:
+            cancelled += 1
+            end = r.cancelled_at if r.cancelled_at is not None else world.now
         elif r.rejected is not None:
             reasons[r.rejected] = reasons.get(r.rejected, 0) + 1
             end = rejected_at.get(r.req_id, r.arrived)
@@ -690,6 +695,16 @@ def _non_negative(text: str) -> float:
     return value
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register `llmux simulate` on the CLI's subcommands."""
     parser = commands.add_parser(
@@ -732,6 +747,14 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="[MODEL=]WAKE,SLEEP",
         help="hook durations in seconds (default 2,1 for every model)",
     )
+    parser.add_argument(
+        "--backend-slots",
+        type=_positive_int,
+        metavar="N",
+        help="a backend serves at most N requests at once and queues the rest, like a GPU "
+        "whose batch is full (default: unlimited, service time independent of load); waits "
+        "then run to the start of service",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed for the profiles (default 0)")
     parser.add_argument(
         "--duration",
@@ -765,6 +788,8 @@ def main(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return _fail(f"config error: {exc}")
     settings = settings_from_config(config)
+    if args.backend_slots is not None:
+        settings = msgspec.structs.replace(settings, backend_slots=args.backend_slots)
     config_models = list(config.models)
 
     try:
@@ -952,4 +977,6 @@ def _describe_hooks(hooks: Mapping[str, HookScript]) -> str:
 def _describe_settings(settings: Settings) -> str:
     timeout = "none" if settings.request_timeout is None else f"{settings.request_timeout:g}s"
     drain = "drain first" if settings.drain_before_switch else "no drain"
-    return f"timeout {timeout}, {drain}, min active {settings.min_active:g}s"
+    slots = settings.backend_slots
+    capacity = "" if slots is None else f", backends serve {slots} at once"
+    return f"timeout {timeout}, {drain}, min active {settings.min_active:g}s{capacity}"

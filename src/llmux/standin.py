@@ -6,6 +6,7 @@ responses send every SSE event as its own h11 Data event, so a proxy in front se
 the moment it is produced.
 
     python -m llmux.standin serve --port 8001 --name small
+    python -m llmux.standin serve --port 8001 --slots 4   # like a GPU whose batch holds 4
     python -m llmux.standin start --port 8001 --pidfile /tmp/small.pid   # a `wake` hook
     python -m llmux.standin stop --pidfile /tmp/small.pid                # a `sleep` hook
     python -m llmux.standin alive --port 8001                            # an `alive` hook
@@ -221,9 +222,16 @@ class _Peer:
 class Standin:
     """The backend's state, shared by all its connections."""
 
-    def __init__(self, name: str = "standin", chunk_delay: float = 0.0) -> None:
+    def __init__(
+        self, name: str = "standin", chunk_delay: float = 0.0, slots: int | None = None
+    ) -> None:
         self.name = name
         self.chunk_delay = chunk_delay
+        # With `slots`, at most that many completions are produced at once and the rest wait,
+        # first come first served (trio's CapacityLimiter is fair): finite serving capacity,
+        # as a GPU has once its batch is full. The head goes out when a slot is taken, so a
+        # client sees the queueing as time to the first byte.
+        self._slots = None if slots is None else trio.CapacityLimiter(slots)
         # Completion requests answered so far; also the next response's `request_number`.
         self.served = 0
         self._identity = (b"x-standin-backend", name.encode())
@@ -279,6 +287,13 @@ class Standin:
         except _BadRequest as exc:
             await peer.send_body(400, _error(str(exc)), [self._identity])
             return
+        if self._slots is None:
+            await self._produce(peer, req)
+        else:
+            async with self._slots:
+                await self._produce(peer, req)
+
+    async def _produce(self, peer: _Peer, req: _Completion) -> None:
         number = self.served
         self.served += 1
         if req.stream:
@@ -302,13 +317,14 @@ async def serve(
     host: str = "127.0.0.1",
     name: str = "standin",
     chunk_delay: float = 0.0,
+    slots: int | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until cancelled; reports the bound port (useful with port 0) once listening."""
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound: int = listeners[0].socket.getsockname()[1]
     task_status.started(bound)
-    await trio.serve_listeners(Standin(name, chunk_delay).handle_connection, listeners)
+    await trio.serve_listeners(Standin(name, chunk_delay, slots).handle_connection, listeners)
 
 
 # ---------------------------------------------------------------------------------------- CLI
@@ -326,7 +342,12 @@ async def _serve_until_signalled(args: argparse.Namespace) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             run = functools.partial(
-                serve, args.port, host=args.host, name=args.name, chunk_delay=args.chunk_delay
+                serve,
+                args.port,
+                host=args.host,
+                name=args.name,
+                chunk_delay=args.chunk_delay,
+                slots=args.slots,
             )
             port: int = await nursery.start(run)
             _announce(args.host, port, args.ready_file)
@@ -393,6 +414,7 @@ def _cmd_start(args: argparse.Namespace) -> int:
         command = [
             *(sys.executable, "-m", "llmux.standin", "serve", "--port", str(port)),
             *("--name", args.name, "--chunk-delay", repr(args.chunk_delay)),
+            *(("--slots", str(args.slots)) if args.slots is not None else ()),
             *("--ready-file", str(ready_file)),
         ]
         with _output(args.log) as out:
@@ -509,6 +531,16 @@ def _cmd_alive(args: argparse.Namespace) -> int:
     return 1
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m llmux.standin", description="OpenAI-compatible stand-in backend"
@@ -519,6 +551,12 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--name", default="standin", help="reported model id and backend name")
         sub.add_argument(
             "--chunk-delay", type=float, default=0.0, help="seconds between streamed events"
+        )
+        sub.add_argument(
+            "--slots",
+            type=_positive_int,
+            help="produce at most N completions at once; the rest wait their turn "
+            "(default: no limit)",
         )
 
     serve_cmd = commands.add_parser("serve", help="serve in the foreground")

@@ -131,6 +131,28 @@ def test_timeouts_are_counted_apart_from_the_waits() -> None:
     assert result.makespan == 31.0  # the last one is refused 30 s after its arrival at 1.0
 
 
+def test_backend_slots_queue_requests_inside_the_backend_and_lengthen_the_drain() -> None:
+    # One slot: a's three requests (at 0) run 2-3, 3-4, 4-5 after the cold wake 0-2; their
+    # waits run to the start of service. b (at 0.5) waits for the whole backlog to drain
+    # (until 5), a's sleep 5-6 and b's wake 6-8.
+    trace = [TraceRequest(0.0, "a", 1.0) for _ in range(3)] + [TraceRequest(0.5, "b", 1.0)]
+    (result,) = simulate(trace, "fifo", HOOKS, Settings(backend_slots=1))
+    assert result.per_model["a"].wait_max == 4.0
+    assert result.per_model["b"].wait_max == 7.5
+    assert result.busy_secs == 4.0 and result.makespan == 9.0
+    (unlimited,) = simulate(trace, "fifo", HOOKS)
+    assert unlimited.per_model["a"].wait_max == 2.0
+    assert unlimited.per_model["b"].wait_max == 5.5
+
+
+def test_a_client_leaving_frees_its_backend_slot() -> None:
+    # The first of a's requests runs 2-12 but its client leaves at 3: the second starts then.
+    trace = [TraceRequest(0.0, "a", 10.0, cancel_after=3.0), TraceRequest(0.0, "a", 1.0)]
+    (result,) = simulate(trace, "fifo", HOOKS, Settings(backend_slots=1))
+    assert result.served == 2  # served means started, as a granted request counts without slots
+    assert result.wait_max == 3.0 and result.makespan == 4.0
+
+
 def test_a_client_that_leaves_while_queued_counts_as_cancelled() -> None:
     trace = [TraceRequest(0.0, "a", 0.5), TraceRequest(0.0, "b", 0.5, cancel_after=1.0)]
     (result,) = simulate(trace, "fifo", HOOKS)

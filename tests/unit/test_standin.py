@@ -61,11 +61,15 @@ class Client:
 
 
 @asynccontextmanager
-async def standin(name: str = "standin", chunk_delay: float = 0.0) -> AsyncIterator[Client]:
+async def standin(
+    name: str = "standin", chunk_delay: float = 0.0, slots: int | None = None
+) -> AsyncIterator[Client]:
     pool = UpstreamPool()
     with trio.fail_after(TIMEOUT):
         async with trio.open_nursery() as nursery:
-            port = await nursery.start(partial(serve, 0, name=name, chunk_delay=chunk_delay))
+            port = await nursery.start(
+                partial(serve, 0, name=name, chunk_delay=chunk_delay, slots=slots)
+            )
             try:
                 yield Client(pool, port)
             finally:
@@ -161,6 +165,41 @@ async def test_client_leaving_mid_stream_does_not_hurt_the_server() -> None:
             await client.post(CHAT, payload)
         await trio.sleep(0.05)  # long enough for the server's next send to hit the closed socket
         reply = await client.call(b"GET", b"/health")
+    assert reply.status == 200
+
+
+async def test_slots_serve_that_many_at_once_and_queue_the_rest_in_order() -> None:
+    # Each stream takes two 0.15 s gaps; with 2 slots the third and fourth requests get
+    # their heads only when the first two are done, in the order they came.
+    heads: dict[int, float] = {}
+    async with standin(slots=2) as client:
+        start = trio.current_time()
+
+        async def one(i: int) -> None:
+            payload = {"model": "m", "stream": True, "max_tokens": 2, "chunk_delay": 0.15}
+            port = client.port
+            async with client.pool.request(
+                port, b"POST", CHAT, [], msgspec.json.encode(payload)
+            ) as r:
+                heads[i] = trio.current_time() - start
+                async for _ in r.iter_body():
+                    pass
+
+        async with trio.open_nursery() as nursery:
+            for i in range(4):
+                nursery.start_soon(one, i)
+                await trio.sleep(0.01)
+    assert heads[0] < 0.1 and heads[1] < 0.1
+    assert 0.25 < heads[2] < heads[3]
+
+
+async def test_a_client_leaving_frees_its_slot() -> None:
+    async with standin(slots=1) as client:
+        payload = {"model": "m", "stream": True, "max_tokens": 1000, "chunk_delay": 0.05}
+        with trio.move_on_after(0.1):
+            await client.post(CHAT, payload)
+        with trio.fail_after(1.0):
+            reply = await client.post(CHAT, {"model": "m"})
     assert reply.status == 200
 
 

@@ -1,9 +1,11 @@
 """A deterministic world: the same cores the server runs, composed with virtual time.
 
 Requests arrive, take their service time once granted, and may be cancelled; hooks take the
-time (and succeed or fail as) the script says. Messages between cores are delivered in order
-at the instant they are sent, exactly as the actors' mailboxes deliver them, and every core
-gets a Tick when its own deadline comes. No threads, no sockets, no sleeps: the same inputs
+time (and succeed or fail as) the script says. A backend serves any number of requests at once
+unless `Settings.backend_slots` says otherwise: then it serves that many and queues the rest,
+first come first served, as a GPU's batch does once it is full. Messages between cores are
+delivered in order at the instant they are sent, exactly as the actors' mailboxes deliver
+them, and every core gets a Tick when its own deadline comes. No threads, no sockets, no sleeps: the same inputs
 give the same run, which is what the simulator and the property suite build on.
 """
 
@@ -81,6 +83,9 @@ class Settings(msgspec.Struct, frozen=True):
     min_active: float = 0.0
     # Every model's idle_sleep_secs (None: never put an idle model to sleep).
     idle_sleep: float | None = None
+    # How many requests one backend serves at once; the rest wait inside the backend, in
+    # order. None: as many as it is given (service time does not depend on load).
+    backend_slots: int | None = None
 
 
 class RequestRecord(msgspec.Struct):
@@ -89,6 +94,8 @@ class RequestRecord(msgspec.Struct):
     arrived: float
     service: float
     granted_at: float | None = None
+    # When the backend started serving it: granted_at, unless it queued for a backend slot.
+    started_at: float | None = None
     finished_at: float | None = None
     rejected: str | None = None
     cancelled_at: float | None = None
@@ -151,6 +158,10 @@ class World:
         self._seq = itertools.count()
         self._timeline: list[tuple[float, int, _Action]] = []
         self._mail: deque[tuple[str, ModelInput]] = deque()
+        if settings.backend_slots is not None and settings.backend_slots < 1:
+            raise ValueError(f"backend_slots must be >= 1, not {settings.backend_slots}")
+        self._backend_queue: dict[str, deque[RequestRecord]] = {name: deque() for name in hooks}
+        self._backend_busy: dict[str, int] = dict.fromkeys(hooks, 0)
 
     # ---- inputs ------------------------------------------------------------------------------
 
@@ -169,6 +180,10 @@ class World:
                 return
             record.cancelled_at = self.now
             self._deliver(record.model, Finish(req_id))
+            if record.started_at is not None:
+                # The backend stops serving a request whose client left (vLLM aborts it).
+                self._backend_busy[record.model] -= 1
+                self._serve_next(record.model)
 
         self._at(at, go)
 
@@ -314,11 +329,27 @@ class World:
         record = self.requests[req_id]
         record.granted_at = self.now
         record.state_at_grant = self.models[model].state
+        self._backend_queue[model].append(record)
+        self._serve_next(model)
+
+    def _serve_next(self, model: str) -> None:
+        slots = self.settings.backend_slots
+        queue = self._backend_queue[model]
+        while queue and (slots is None or self._backend_busy[model] < slots):
+            record = queue.popleft()
+            if record.cancelled_at is None:
+                self._start_service(record)
+
+    def _start_service(self, record: RequestRecord) -> None:
+        record.started_at = self.now
+        self._backend_busy[record.model] += 1
 
         def finish() -> None:
             if record.cancelled_at is None:
                 record.finished_at = self.now
-                self._deliver(model, Finish(req_id))
+                self._backend_busy[record.model] -= 1
+                self._deliver(record.model, Finish(record.req_id))
+                self._serve_next(record.model)
 
         self._at(self.now + record.service, finish)
 
