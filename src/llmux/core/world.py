@@ -5,8 +5,9 @@ time (and succeed or fail as) the script says. A backend serves any number of re
 unless `Settings.backend_slots` says otherwise: then it serves that many and queues the rest,
 first come first served, as a GPU's batch does once it is full. Messages between cores are
 delivered in order at the instant they are sent, exactly as the actors' mailboxes deliver
-them, and every core gets a Tick when its own deadline comes. No threads, no sockets, no sleeps: the same inputs
-give the same run, which is what the simulator and the property suite build on.
+them, and every core gets a Tick when its own deadline comes. No threads, no sockets, no
+sleeps: the same inputs give the same run, which is what the simulator and the property suite
+build on.
 """
 
 from __future__ import annotations
