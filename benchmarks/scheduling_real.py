@@ -111,12 +111,13 @@ def stop(child: subprocess.Popen[bytes], grace: float = 10.0) -> None:
 
 
 @contextlib.contextmanager
-def standins(workdir: Path) -> Iterator[dict[str, int]]:
+def standins(workdir: Path, tag: str = "", slots: int | None = None) -> Iterator[dict[str, int]]:
     ports = {m: free_port() for m in MODELS}
     children: list[subprocess.Popen[bytes]] = []
+    capacity = [] if slots is None else ["--slots", str(slots)]
     try:
         for model, port in ports.items():
-            log = open(workdir / f"standin-{model}.log", "wb")  # noqa: SIM115
+            log = open(workdir / f"standin-{tag}{model}.log", "wb")  # noqa: SIM115
             children.append(
                 subprocess.Popen(
                     [
@@ -128,6 +129,7 @@ def standins(workdir: Path) -> Iterator[dict[str, int]]:
                         str(port),
                         "--name",
                         model,
+                        *capacity,
                     ],
                     stdout=log,
                     stderr=subprocess.STDOUT,
@@ -320,7 +322,7 @@ def scaled_workload(workload: Workload, scale: float) -> Workload:
 
 
 def simulate_scaled(
-    workload: Workload, policy: str, hooks: HookScript, scale: float
+    workload: Workload, policy: str, hooks: HookScript, scale: float, slots: int | None
 ) -> tuple[int, float, float, list[float]]:
     """The simulator's figures for the same scaled run, in unscaled seconds."""
     models = [*CONFIG_MODELS, *workload.synthetic]
@@ -330,7 +332,7 @@ def simulate_scaled(
         policy,
         scaled_options(policy, scale),
         dict.fromkeys(models, script),
-        Settings(),
+        Settings(backend_slots=slots),
     )
     return (
         result.switches,
@@ -365,6 +367,7 @@ def compare(
     duration: float,
     seed: int,
     keep: Path | None,
+    slots: int | None = None,
 ) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     workloads = [
@@ -376,7 +379,15 @@ def compare(
         else:
             workdir = keep
             workdir.mkdir(parents=True, exist_ok=True)
-        backends = stack.enter_context(standins(workdir))
+        # Backends with finite capacity are per policy, or the policies would share it.
+        if slots is None:
+            shared = stack.enter_context(standins(workdir))
+            backends = dict.fromkeys(policies, shared)
+        else:
+            backends = {
+                p: stack.enter_context(standins(workdir, f"{i}-", slots))
+                for i, p in enumerate(policies)
+            }
         for ratio in ratios:
             hooks = hooks_for(ratio)
             scaled = HookScript(hooks.wake_secs * scale, hooks.sleep_secs * scale)
@@ -391,7 +402,7 @@ def compare(
                         workdir,
                         p,
                         scaled_options(p, scale),
-                        {m: backends[m] for m in models},
+                        {m: backends[p][m] for m in models},
                         scaled,
                     )
                     for p in policies
@@ -404,7 +415,7 @@ def compare(
                 for server in servers:
                     one_real, one_sim = Measured(), Measured()
                     one_real.add_real(outcomes[server.policy], server.switches(), scale)
-                    one_sim.add_sim(*simulate_scaled(workload, server.policy, hooks, scale))
+                    one_sim.add_sim(*simulate_scaled(workload, server.policy, hooks, scale, slots))
                     real[server.policy].merge(one_real)
                     sim[server.policy].merge(one_sim)
                     per_profile[server.policy].append(
@@ -484,6 +495,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--duration", type=float, default=DURATION, help="virtual seconds of each profile"
     )
+    parser.add_argument(
+        "--backend-slots",
+        type=int,
+        default=None,
+        help="each stand-in serves at most N requests at once, the rest wait (default: no "
+        "limit); the simulator's predictions use the same",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", type=Path, help="keep configs and logs in this directory")
     parser.add_argument("--per-profile", action="store_true", help="also each profile's rows")
@@ -497,6 +515,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         duration=args.duration,
         seed=args.seed,
         keep=args.keep,
+        slots=args.backend_slots,
     )
     if args.json:
         json.dump(rows, sys.stdout, indent=2)

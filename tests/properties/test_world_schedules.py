@@ -50,3 +50,33 @@ def test_whole_schedules_keep_every_invariant(
         max_service=MAX_SERVICE,
     )
     target(checked.monitor.max_wait_ratio, label="max wait / starvation bound")
+
+
+MAX_REQUESTS_WITH_SLOTS = 20
+
+
+@pytest.mark.parametrize("policy", sorted(BUILTIN))
+@given(
+    scripts=st.fixed_dictionaries({m: hook_scripts(2.0, failures=True) for m in MODELS}),
+    schedule=request_schedules(MODELS, max_requests=MAX_REQUESTS_WITH_SLOTS, max_service=1.0),
+    slots=st.integers(1, 3),
+    drain=st.booleans(),
+)
+def test_backends_with_finite_slots_keep_every_invariant(
+    policy: str,
+    scripts: dict[str, HookScript],
+    schedule: list[PlannedRequest],
+    slots: int,
+    drain: bool,
+) -> None:
+    # A request may now wait inside its backend for the ones ahead of it, so it stays in
+    # flight for up to (requests ahead / slots + 1) services: the declared bound is checked
+    # with that as the longest time in flight.
+    longest_in_flight = (MAX_REQUESTS_WITH_SLOTS // slots + 1) * 1.0
+    run_schedule(
+        BUILTIN[policy](),
+        scripts,
+        schedule,
+        Settings(drain_before_switch=drain, backend_slots=slots),
+        max_service=longest_in_flight,
+    )
