@@ -45,8 +45,9 @@ class QuantumPolicy(BasePolicy):
                 return Defer(left, f"{ctx.active_model} is busy, {left:.3f}s of quantum left")
         return SwitchNow(f"{ctx.target_queue_depth} waiting, oldest {ctx.oldest_waiting:.3f}s")
 
-    def starvation_bound(self, inputs: BoundInputs) -> float:
-        """FIFO's bound, with each switch cycle lengthened by the quantum.
+    def starvation_bound(self, inputs: BoundInputs) -> float | None:
+        """FIFO's bound, with each switch cycle lengthened by the quantum (none with a
+        `max_in_flight`, as for FIFO: a visit may then leave part of a queue behind).
 
         The decision depends only on the active model, never on the target, so whenever the
         policy says SwitchNow it says it for the scheduler's first candidate, the model with
@@ -56,5 +57,7 @@ class QuantumPolicy(BasePolicy):
         `switch_cycle_secs(hold=quantum)` counts; the rest of FIFO's argument is unchanged:
         at most N cycles plus the one in progress, or a failure backoff.
         """
+        if inputs.max_in_flight is not None:
+            return None
         cycle = inputs.switch_cycle_secs(hold=self.quantum_secs)
         return inputs.models * cycle + max(cycle, inputs.failure_backoff)

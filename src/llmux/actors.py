@@ -104,7 +104,8 @@ class ModelActor:
 
     def acquire(self, req_id: int) -> Ticket:
         ticket = Ticket(req_id)
-        if self._may_bypass():
+        # A full model queues the request, which arms a timeout only the loop waits for.
+        if self._may_bypass() and self.core.has_room():
             self._tickets[req_id] = ticket
             self._handle_now(Acquire(req_id))
         else:
@@ -128,7 +129,8 @@ class ModelActor:
 
         With an empty mailbox the loop would handle it next, alone, exactly so; handling it
         here saves the request two task switches. Only while Active: there an Acquire is
-        answered at once and neither message adds a deadline the loop would have to wait for.
+        answered at once (unless the model is full: `acquire` checks) and neither message adds
+        a deadline the loop would have to wait for.
         """
         return self._unread == 0 and self._hooks is not None and self.core.state == ACTIVE
 

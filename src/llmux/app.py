@@ -42,6 +42,7 @@ class App:
                     request_timeout=settings.request_timeout_secs,
                     drain_before_switch=settings.drain_before_switch,
                     max_queue=model_config.max_queue,
+                    max_in_flight=model_config.max_in_flight,
                     health_interval=model_config.health_interval_secs,
                 ),
                 model_config,

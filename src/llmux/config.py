@@ -45,6 +45,10 @@ class ModelConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     health_interval_secs: PositiveSeconds | None = None
     # Requests allowed to wait for this model; more get 503 with Retry-After.
     max_queue: Annotated[int, msgspec.Meta(ge=1)] = 1024
+    # Requests forwarded to this model at once; while it is full the rest wait, in order,
+    # as requests for a sleeping model do (max_queue and request_timeout_secs apply).
+    # null: no limit.
+    max_in_flight: Annotated[int, msgspec.Meta(ge=1)] | None = None
     # Put the model to sleep after this long active with nothing in flight or waiting.
     idle_sleep_secs: PositiveSeconds | None = None
 

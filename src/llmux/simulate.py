@@ -442,10 +442,12 @@ class Result(msgspec.Struct, frozen=True):
 def settings_from_config(config: Any) -> Settings:
     """World settings from a loaded `llmux.config.Config`."""
     policy = config.policy
+    limits = {name: model.max_in_flight for name, model in config.models.items()}
     return Settings(
         request_timeout=policy.request_timeout_secs,
         drain_before_switch=policy.drain_before_switch,
         min_active=policy.min_active_secs,
+        max_in_flight=limits if any(v is not None for v in limits.values()) else None,
     )
 
 
@@ -979,4 +981,10 @@ def _describe_settings(settings: Settings) -> str:
     drain = "drain first" if settings.drain_before_switch else "no drain"
     slots = settings.backend_slots
     capacity = "" if slots is None else f", backends serve {slots} at once"
+    limits = settings.max_in_flight
+    if isinstance(limits, dict):
+        named = ", ".join(f"{m}={v}" for m, v in limits.items() if v is not None)
+        capacity += f", max_in_flight {named}" if named else ""
+    elif limits is not None:
+        capacity += f", max_in_flight {limits}"
     return f"timeout {timeout}, {drain}, min active {settings.min_active:g}s{capacity}"

@@ -47,6 +47,7 @@ def build_status(
             "time_in_state_secs": round(now - model.state_since, 6),
             "last_transition": journal.last_by_subject.get(name),
             "idle_sleep_secs": actor.config.idle_sleep_secs,
+            "max_in_flight": model.max_in_flight,
             "port": actor.config.port,
         }
     switch = core.switch

@@ -38,7 +38,9 @@ def render(status: dict[str, Any], url: str, now: float | None = None) -> str:
     states = machines["ModelLifecycle"]["states"]
     width = max(len(name) for name in status["models"])
     for name, model in status["models"].items():
-        counts = f"in flight {model['in_flight']}, queued {model['queue_depth']}"
+        limit = model.get("max_in_flight")
+        of = f" of {limit}" if limit is not None else ""
+        counts = f"in flight {model['in_flight']}{of}, queued {model['queue_depth']}"
         if model["oldest_wait_secs"] is not None:
             counts += f" (oldest {model['oldest_wait_secs']:.1f}s)"
         lines.append(f"  {name:<{width}}  {_cycle(states, model['state'])}   {counts}")

@@ -287,6 +287,7 @@ class CheckedWorld:
             request_timeout=settings.request_timeout,
             drain_before_switch=settings.drain_before_switch,
             failure_backoff=self.world.scheduler.failure_backoff,
+            max_in_flight=settings.smallest_max_in_flight(),
         )
         self.bound = starvation_bound(policy, self.inputs)
         if self.bound is not None and not (math.isfinite(self.bound) and self.bound >= 0):
@@ -422,9 +423,9 @@ class CheckedWorld:
             ):
                 if held != expected:
                     self._bookkeeping(name, what, held, expected)
-            if core.state == ACTIVE and core.queue:
+            if core.state == ACTIVE and core.queue and core.has_room():
                 self.monitor.fail(
-                    NOTHING_LOST, f"{name} is Active but {sorted(core.queue)} still wait"
+                    NOTHING_LOST, f"{name} is Active with room but {sorted(core.queue)} wait"
                 )
             if core.state == DRAINING and not world.settings.drain_before_switch:
                 self.monitor.fail(DRAIN, f"{name} stays Draining with drain_before_switch off")

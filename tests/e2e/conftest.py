@@ -112,6 +112,7 @@ async def running(
     awake_at_start: tuple[str, ...] = (),
     health_interval_secs: float | None = None,
     max_queue: int = 1024,
+    max_in_flight: int | None = None,
     limits: Limits | None = None,
     api_keys: tuple[str, ...] = (),
     idle_sleep_secs: float | None = None,
@@ -143,6 +144,7 @@ async def running(
                     alive=f"sh {HOOK} alive {tmp_path}",
                     health_interval_secs=health_interval_secs,
                     max_queue=max_queue,
+                    max_in_flight=max_in_flight,
                     idle_sleep_secs=idle_sleep_secs,
                 )
                 for name in models

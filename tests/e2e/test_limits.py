@@ -84,6 +84,36 @@ async def test_a_full_queue_answers_503_with_retry_after(tmp_path: Path) -> None
         assert [reply.status_code for reply in replies[5:]] == [200] * 5
 
 
+async def test_max_in_flight_forwards_that_many_at_once_and_the_rest_in_order(
+    tmp_path: Path,
+) -> None:
+    async with running(tmp_path, max_in_flight=1) as rig:
+        await rig.chat("a")
+        heads: dict[str, float] = {}
+        ends: dict[str, float] = {}
+
+        async def stream(label: str) -> None:
+            request = {"model": "a", "stream": True, "max_tokens": 5, "chunk_delay": 0.05}
+            async with rig.client.stream("POST", "/v1/chat/completions", json=request) as reply:
+                heads[label] = trio.current_time()
+                assert reply.status_code == 200
+                async for _ in reply.aiter_bytes():
+                    pass
+            ends[label] = trio.current_time()
+
+        async with trio.open_nursery() as nursery:
+            for label in ("first", "second", "third"):
+                nursery.start_soon(stream, label)
+                await trio.sleep(0.05)
+            await trio.sleep(0.1)
+            # The second and third wait in llmux, counted as queued, not in flight.
+            assert await rig.metric("llmux_model_in_flight", model="a") == 1
+            assert await rig.metric("llmux_request_queue_depth", model="a") == 2
+        assert heads["second"] >= ends["first"] - 0.01
+        assert heads["third"] >= ends["second"] - 0.01
+        assert await rig.metric("llmux_model_in_flight", model="a") == 0
+
+
 async def test_a_body_over_the_limit_is_413_and_the_server_carries_on(tmp_path: Path) -> None:
     async with running(tmp_path, limits=Limits(max_body_bytes=1000)) as rig:
         reply = await rig.client.post(

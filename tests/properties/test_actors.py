@@ -153,6 +153,7 @@ def run_actors(
             name,
             request_timeout=settings.request_timeout,
             drain_before_switch=settings.drain_before_switch,
+            max_in_flight=settings.max_in_flight_of(name),
         )
         for name in scripts
     }
@@ -164,6 +165,7 @@ def run_actors(
         min_active=settings.min_active,
         request_timeout=settings.request_timeout,
         drain_before_switch=settings.drain_before_switch,
+        max_in_flight=settings.smallest_max_in_flight(),
     )
     bound = starvation_bound(policy, inputs)
     monitor = Monitor(scripts, drain_before_switch=settings.drain_before_switch, bound=bound)
@@ -173,6 +175,9 @@ def run_actors(
     failures = sum(len(s.wake_failures) + len(s.sleep_failures) for s in scripts.values())
     cycle = inputs.switch_cycle_secs()
     patience = (failures + 2) * (bound if bound is not None else 10 * len(scripts) * cycle)
+    if settings.max_in_flight is not None:
+        # Every request may be queued behind all the others, served a few at a time.
+        patience += len(schedule) * MAX_SERVICE
     horizon = max((p.at for p in schedule), default=0.0) + patience + MAX_SERVICE
 
     async def client(actor: ModelActor, plan: PlannedRequest, entry: Served) -> None:
@@ -270,7 +275,9 @@ def cases(
     )
     timeout = draw(st.none() | quantized(0.5, 20.0))
     min_active = draw(quantized(0.0, 2.0))
-    return scripts, schedule, Settings(timeout, drain, min_active)
+    # Mostly unlimited, so that most examples are held to the policy's starvation bound.
+    max_in_flight = draw(st.sampled_from([None, None, None, 1, 2, 3]))
+    return scripts, schedule, Settings(timeout, drain, min_active, max_in_flight=max_in_flight)
 
 
 @pytest.mark.parametrize("drain", [True, False], ids=["drain", "no-drain"])

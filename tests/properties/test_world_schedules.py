@@ -80,3 +80,42 @@ def test_backends_with_finite_slots_keep_every_invariant(
         Settings(drain_before_switch=drain, backend_slots=slots),
         max_service=longest_in_flight,
     )
+
+
+@pytest.mark.parametrize("policy", sorted(BUILTIN))
+@given(
+    scripts=st.fixed_dictionaries({m: hook_scripts(2.0, failures=True) for m in MODELS}),
+    schedule=request_schedules(MODELS, max_requests=30, max_service=MAX_SERVICE),
+    max_in_flight=st.integers(1, 3),
+    timeout=st.none() | quantized(0.5, 30.0),
+    drain=st.booleans(),
+)
+def test_a_limit_on_requests_in_flight_keeps_every_invariant(
+    policy: str,
+    scripts: dict[str, HookScript],
+    schedule: list[PlannedRequest],
+    max_in_flight: int,
+    timeout: float | None,
+    drain: bool,
+) -> None:
+    checked = run_schedule(
+        BUILTIN[policy](),
+        scripts,
+        schedule,
+        Settings(timeout, drain, max_in_flight=max_in_flight),
+        max_service=MAX_SERVICE,
+    )
+    for core in checked.world.models.values():
+        assert core.max_in_flight == max_in_flight
+    # Never more in flight than allowed, at any instant: replay grants and ends in time order.
+    events = []
+    for r in checked.world.requests.values():
+        if r.granted_at is not None:
+            end = r.finished_at if r.finished_at is not None else r.cancelled_at
+            events.append((r.granted_at, 1, r.model))
+            if end is not None:
+                events.append((end, -1, r.model))
+    load = dict.fromkeys(MODELS, 0)
+    for _, delta, model in sorted(events, key=lambda e: (e[0], e[1])):
+        load[model] += delta
+        assert load[model] <= max_in_flight

@@ -232,3 +232,52 @@ def test_every_reason_to_refuse_a_request_has_an_http_status() -> None:
     from llmux.server import _REJECT_STATUS
 
     assert set(_REJECT_STATUS) == set(RejectReason)
+
+
+# ---- max_in_flight ---------------------------------------------------------------------------
+
+
+def test_a_full_model_queues_requests_and_grants_them_in_order_as_others_finish() -> None:
+    core = active_model(max_in_flight=2)
+    assert kinds(core.handle(Acquire(1), 1.0)) == ["grant 1"]
+    assert kinds(core.handle(Acquire(2), 1.0)) == ["grant 2"]
+    assert core.handle(Acquire(3), 2.0) == []
+    assert core.handle(Acquire(4), 3.0) == []
+    assert core.report().queue_depth == 2 and core.report().in_flight == 2
+    effects = core.handle(Finish(2), 5.0)
+    assert kinds(effects) == ["grant 3"]
+    assert [e.waited for e in effects if isinstance(e, Grant)] == [3.0]
+    assert kinds(core.handle(Finish(1), 6.0)) == ["grant 4"]
+    assert core.handle(Finish(3), 7.0) == [] and core.idle_since is None
+    assert core.handle(Finish(4), 8.0) == [] and core.idle_since == 8.0
+
+
+def test_waking_grants_only_as_many_as_the_limit_allows() -> None:
+    core = ModelCore("a", max_in_flight=2)
+    for req in (1, 2, 3):
+        core.handle(Acquire(req), 0.0)
+    core.handle(Wake("x"), 0.0)
+    effects = core.handle(HookDone(Hook.WAKE, True), 1.0)
+    assert kinds(effects) == ["woke->Active", "grant 1", "grant 2"]
+    assert list(core.queue) == [3]
+
+
+def test_requests_queued_behind_a_full_model_wait_for_its_next_visit_when_it_drains() -> None:
+    core = active_model(max_in_flight=1)
+    core.handle(Acquire(1), 0.0)
+    core.handle(Acquire(2), 0.0)
+    assert kinds(core.handle(Drain("switch"), 1.0)) == ["drain->Draining"]
+    # Nothing is granted once the drain started: 2 waits for the model to come back.
+    assert kinds(core.handle(Finish(1), 2.0)) == ["drained->SleepingDown", "hook sleep"]
+    assert list(core.queue) == [2]
+    core.handle(HookDone(Hook.SLEEP, True), 3.0)
+    assert core.report().state == "Sleeping" and core.report().queue_depth == 1
+
+
+def test_requests_queued_behind_a_full_model_time_out_and_count_towards_max_queue() -> None:
+    core = active_model(max_in_flight=1, max_queue=1, request_timeout=10.0)
+    core.handle(Acquire(1), 0.0)
+    assert core.handle(Acquire(2), 1.0) == []
+    assert kinds(core.handle(Acquire(3), 1.0)) == [f"reject 3 {RejectReason.QUEUE_FULL}"]
+    assert core.next_deadline() == 11.0
+    assert kinds(core.handle(Tick(), 11.0)) == [f"reject 2 {RejectReason.TIMEOUT}"]

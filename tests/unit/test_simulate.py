@@ -145,6 +145,14 @@ def test_backend_slots_queue_requests_inside_the_backend_and_lengthen_the_drain(
     assert unlimited.per_model["b"].wait_max == 5.5
 
 
+def test_max_in_flight_holds_requests_in_llmux_until_one_finishes() -> None:
+    # a wakes 0-2; with max_in_flight 1 its second request is granted when the first ends.
+    trace = [TraceRequest(0.0, "a", 1.0), TraceRequest(0.0, "a", 1.0)]
+    (result,) = simulate(trace, "fifo", HOOKS, Settings(max_in_flight={"a": 1}))
+    assert result.per_model["a"].wait_max == 3.0
+    assert result.makespan == 4.0
+
+
 def test_a_client_leaving_frees_its_backend_slot() -> None:
     # The first of a's requests runs 2-12 but its client leaves at 3: the second starts then.
     trace = [TraceRequest(0.0, "a", 10.0, cancel_after=3.0), TraceRequest(0.0, "a", 1.0)]

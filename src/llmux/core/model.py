@@ -6,6 +6,7 @@ while the lifecycle machine is driven only a few times per switch.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import msgspec
@@ -54,8 +55,14 @@ class ModelCore:
         drain_before_switch: bool = True,
         max_queue: int | None = None,
         health_interval: float | None = None,
+        max_in_flight: int | None = None,
     ) -> None:
+        if max_in_flight is not None and max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be at least 1, not {max_in_flight}")
         self.name = name
+        # At most this many requests in flight at once; while Active and full, the rest wait
+        # in `queue` and are granted in order as requests finish.
+        self.max_in_flight = max_in_flight
         self.request_timeout = request_timeout
         self.drain_before_switch = drain_before_switch
         self.max_queue = max_queue
@@ -78,6 +85,10 @@ class ModelCore:
         self._last_report: ModelReport | None = None
 
     # ---- queries ---------------------------------------------------------------------------
+
+    def has_room(self) -> bool:
+        """Whether one more request may be in flight."""
+        return self.max_in_flight is None or len(self.in_flight) < self.max_in_flight
 
     def oldest_arrival(self) -> float | None:
         for waiter in self.queue.values():
@@ -155,7 +166,8 @@ class ModelCore:
             ]
         if self.pinned_to is not None and self.pinned_to != self.name:
             return [Reject(self.name, req_id, RejectReason.PINNED, self._pinned_message(), 0.0)]
-        if self.state == ACTIVE:
+        if self.state == ACTIVE and self.has_room():
+            # With room, nobody is queued: requests queue while Active only when it is full.
             self.in_flight.add(req_id)
             self.idle_since = None
             return [Grant(self.name, req_id, 0.0)]
@@ -174,6 +186,8 @@ class ModelCore:
             # Already answered (timed out, refused): the client's Finish comes after.
             return []
         self.in_flight.remove(req_id)
+        if self.state == ACTIVE and self.queue:
+            return self._grant_all(now)
         if self.state == ACTIVE and not self.in_flight and not self.queue:
             self.idle_since = now
         if self.state == DRAINING and not self.in_flight:
@@ -212,13 +226,22 @@ class ModelCore:
         return self._reject_all(RejectReason.PINNED, self._pinned_message(), now)
 
     def _grant_all(self, now: float) -> list[ModelEffect]:
+        """Grant the waiting requests in order, as many as there is room for."""
+        room = len(self.queue)
+        if self.max_in_flight is not None:
+            room = max(0, min(room, self.max_in_flight - len(self.in_flight)))
+        # Popping a dict's first key repeatedly is quadratic (deleted slots are skipped
+        # again each time): take the first `room` keys in one pass instead.
+        chosen = (
+            list(itertools.islice(self.queue, room)) if room < len(self.queue) else list(self.queue)
+        )
         effects: list[ModelEffect] = []
-        for req_id, waiter in self.queue.items():
+        for req_id in chosen:
+            waiter = self.queue.pop(req_id)
             self.in_flight.add(req_id)
             effects.append(Grant(self.name, req_id, now - waiter.arrived))
-        if self.queue:
+        if effects:
             self.idle_since = None
-        self.queue.clear()
         return effects
 
     def _reject_all(self, reason: RejectReason, detail: str, now: float) -> list[ModelEffect]:

@@ -100,6 +100,10 @@ class BoundInputs(msgspec.Struct, frozen=True):
     request_timeout: float | None = None
     drain_before_switch: bool = True
     failure_backoff: float = 2.0
+    # The models' max_in_flight, if any is set (the smallest). With a limit, a model's queue
+    # is granted a few at a time as requests finish, so a wait depends on how many requests
+    # are ahead, not only on N and C.
+    max_in_flight: int | None = None
 
     def switch_cycle_secs(self, hold: float = 0.0) -> float:
         """The longest one switch can take once the scheduler has picked its target.

@@ -87,6 +87,20 @@ class Settings(msgspec.Struct, frozen=True):
     # How many requests one backend serves at once; the rest wait inside the backend, in
     # order. None: as many as it is given (service time does not depend on load).
     backend_slots: int | None = None
+    # The models' max_in_flight: one for all, or per model (None, or a model left out: no
+    # limit on the requests forwarded to it at once).
+    max_in_flight: int | dict[str, int | None] | None = None
+
+    def max_in_flight_of(self, model: str) -> int | None:
+        if isinstance(self.max_in_flight, dict):
+            return self.max_in_flight.get(model)
+        return self.max_in_flight
+
+    def smallest_max_in_flight(self) -> int | None:
+        if isinstance(self.max_in_flight, dict):
+            limits = [v for v in self.max_in_flight.values() if v is not None]
+            return min(limits) if limits else None
+        return self.max_in_flight
 
 
 class RequestRecord(msgspec.Struct):
@@ -135,6 +149,7 @@ class World:
                 name,
                 request_timeout=settings.request_timeout,
                 drain_before_switch=settings.drain_before_switch,
+                max_in_flight=settings.max_in_flight_of(name),
             )
             for name in hooks
         }

@@ -158,8 +158,9 @@ class CostQuantumPolicy(BasePolicy):
             f"switch ~{costs[best]:.3f}s"
         )
 
-    def starvation_bound(self, inputs: BoundInputs) -> float:
-        """`max_wait_secs + N * C + max(C, failure_backoff)`, C = `inputs.switch_cycle_secs()`.
+    def starvation_bound(self, inputs: BoundInputs) -> float | None:
+        """`max_wait_secs + N * C + max(C, failure_backoff)`, C = `inputs.switch_cycle_secs()`;
+        none when models have a `max_in_flight`, as for FIFO.
 
         That is FIFO's bound plus `max_wait_secs`. C (min_active, a drain, a sleep and a wake)
         bounds one switch cycle from the scheduler's SwitchNow to the target being active (or
@@ -181,5 +182,7 @@ class CostQuantumPolicy(BasePolicy):
         out a failure backoff (at most failure_backoff). So r is over by
         s + max_wait_secs + max(C, failure_backoff) + N * C.
         """
+        if inputs.max_in_flight is not None:
+            return None
         cycle = inputs.switch_cycle_secs()
         return self.max_wait_secs + inputs.models * cycle + max(cycle, inputs.failure_backoff)

@@ -15,8 +15,9 @@ class FifoPolicy(BasePolicy):
     def on_pending(self, ctx: PendingContext) -> PolicyDecision:
         return SwitchNow(f"{ctx.target_queue_depth} waiting, oldest {ctx.oldest_waiting:.3f}s")
 
-    def starvation_bound(self, inputs: BoundInputs) -> float:
-        """`N * C + max(C, failure_backoff)`, with C = `inputs.switch_cycle_secs()`.
+    def starvation_bound(self, inputs: BoundInputs) -> float | None:
+        """`N * C + max(C, failure_backoff)`, with C = `inputs.switch_cycle_secs()`; none
+        when models have a `max_in_flight` (a visit may then leave part of a queue behind).
 
         C = min_active + max service (if draining) + max sleep + max wake bounds one switch
         cycle: from the scheduler picking a target to that target being active (or, if the
@@ -31,5 +32,7 @@ class FifoPolicy(BasePolicy):
         backoff (at most failure_backoff, which overlaps the failed model's cleanup sleep,
         at most C). So r is answered within max(C, failure_backoff) + (N - 1) * C + C.
         """
+        if inputs.max_in_flight is not None:
+            return None
         cycle = inputs.switch_cycle_secs()
         return inputs.models * cycle + max(cycle, inputs.failure_backoff)
