@@ -13,7 +13,6 @@ import functools
 import hmac
 import itertools
 import logging
-import math
 import socket
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from importlib import resources
@@ -431,17 +430,16 @@ class HttpConnection:
         try:
             with idle:
                 event = await self._next_request(idle)
-                if isinstance(event, h11.Request):
-                    self.frontend._idle.discard(idle)
-                    idle.deadline = math.inf
-                    await self._handle(event)
-                    return not self.frontend.closing
-                return False
-            if idle.cancelled_caught and self.conn.trailing_data[0] and not self.frontend.closing:
-                await self._answer_and_close(408, "Timed out reading the request headers")
-            return False
         finally:
             self.frontend._idle.discard(idle)
+        if idle.cancelled_caught:
+            if self.conn.trailing_data[0] and not self.frontend.closing:
+                await self._answer_and_close(408, "Timed out reading the request headers")
+            return False
+        if isinstance(event, h11.Request):
+            await self._handle(event)
+            return not self.frontend.closing
+        return False
 
     async def _next_request(self, idle: trio.CancelScope) -> h11.Event | type[h11.PAUSED]:
         while True:
@@ -499,17 +497,19 @@ class HttpConnection:
     async def _handle(self, request: h11.Request) -> None:
         path = request.target.split(b"?", 1)[0]
         method = request.method
+        # Once: iterating h11's Headers goes through Sequence.__iter__, item by item.
+        headers = list(request.headers)
         try:
-            if len(request.headers) > self.limits.max_headers:
+            if len(headers) > self.limits.max_headers:
                 raise HttpError(431, f"More than {self.limits.max_headers} request headers")
             # h11 bounds only a head that arrives in pieces; one that came whole is measured here.
-            head_size = len(request.target) + sum(len(n) + len(v) + 4 for n, v in request.headers)
+            head_size = len(request.target) + sum(len(n) + len(v) + 4 for n, v in headers)
             if head_size > self.limits.max_header_bytes:
                 raise HttpError(
                     431, f"Request headers larger than {self.limits.max_header_bytes} bytes"
                 )
             if self.frontend.api_keys and path not in _OPEN_PATHS:
-                presented = presented_key(request.headers)
+                presented = presented_key(headers)
                 if not key_is_valid(presented, self.frontend.api_keys):
                     why = "Invalid API key" if presented is not None else "Missing API key"
                     raise HttpError(
@@ -531,7 +531,7 @@ class HttpConnection:
             elif path == b"/llmux" or path.startswith(b"/llmux/"):
                 await self._llmux_api(request, path, body)
             else:
-                await self._proxy(request, body)
+                await self._proxy(request, headers, body)
         except HttpError as exc:
             # A refused body was not read to its end, so the connection cannot be reused.
             close = self.conn.their_state is not h11.DONE
@@ -606,7 +606,9 @@ class HttpConnection:
             await self._while_client_connected(relay)
             await self._send(h11.EndOfMessage())
 
-    async def _proxy(self, request: h11.Request, body: bytes) -> None:
+    async def _proxy(
+        self, request: h11.Request, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> None:
         model = extract_model(body)
         actor = self.frontend.models.get(model)
         if actor is None:
@@ -626,16 +628,22 @@ class HttpConnection:
                     extra = [QUEUE_FULL_RETRY_AFTER] if full else []
                     await self._respond_error(status, outcome.detail, extra=extra)
                     return
-                status = await self._forward(request, body, actor)
+                status = await self._forward(request, headers, body, actor)
 
             await self._while_client_connected(serve)
         finally:
             actor.finish(req_id)
             self.frontend.telemetry.request_finished(model, status, trio.current_time() - started)
 
-    async def _forward(self, request: h11.Request, body: bytes, actor: ModelActor) -> int:
+    async def _forward(
+        self,
+        request: h11.Request,
+        request_headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        actor: ModelActor,
+    ) -> int:
         """Relay the backend's response as it arrives; returns the status sent."""
-        headers = forwardable(list(request.headers))
+        headers = forwardable(request_headers)
         try:
             async with self.frontend.pool.request(
                 actor.config.port, request.method, request.target, headers, body
