@@ -418,24 +418,30 @@ class HttpConnection:
         # Waiting for a request is the only time a connection may be dropped at will: by the
         # keep-alive timeout, or because the server is closing. A new connection, or one that
         # has started sending a request, gets only the (short) header timeout.
-        now = trio.current_time()
-        pending = bool(self.conn.trailing_data[0])
-        wait = self.limits.keepalive_idle_secs
-        if first or pending:
-            wait = self.limits.header_timeout_secs
-        idle = trio.CancelScope(deadline=now + wait)
-        if self.frontend.closing:
-            idle.cancel()
-        self.frontend._idle.add(idle)
-        try:
-            with idle:
-                event = await self._next_request(idle)
-        finally:
-            self.frontend._idle.discard(idle)
-        if idle.cancelled_caught:
-            if self.conn.trailing_data[0] and not self.frontend.closing:
-                await self._answer_and_close(408, "Timed out reading the request headers")
-            return False
+        event = self.conn.next_event()
+        if event is h11.NEED_DATA:
+            now = trio.current_time()
+            pending = bool(self.conn.trailing_data[0])
+            wait = self.limits.keepalive_idle_secs
+            if first or pending:
+                wait = self.limits.header_timeout_secs
+            idle = trio.CancelScope(deadline=now + wait)
+            if self.frontend.closing:
+                idle.cancel()
+            self.frontend._idle.add(idle)
+            try:
+                with idle:
+                    event = await self._next_request(idle)
+            finally:
+                self.frontend._idle.discard(idle)
+            if idle.cancelled_caught:
+                if self.conn.trailing_data[0] and not self.frontend.closing:
+                    await self._answer_and_close(408, "Timed out reading the request headers")
+                return False
+        else:
+            # Pipelined, so already here. Writes to the client do not yield (see _SocketIO):
+            # without this, a pipe full of requests answered locally would hold the loop.
+            await trio.lowlevel.checkpoint()
         if isinstance(event, h11.Request):
             await self._handle(event)
             return not self.frontend.closing
