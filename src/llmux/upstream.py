@@ -209,12 +209,16 @@ class _ResponseReader:
         "_mode",
         "_pos",
         "_remaining",
+        "_searched",
         "keep_alive",
     )
 
     def __init__(self) -> None:
         self._buf = b""
         self._pos = 0
+        # How far the buffer has been searched for the end of a head, a chunk-size line or
+        # a trailer section: a slow peer's pieces are not rescanned from the start each time.
+        self._searched = 0
         self._eof = False
         self.start(b"GET")
 
@@ -233,8 +237,10 @@ class _ResponseReader:
         elif self._pos >= len(self._buf):
             self._buf = data
             self._pos = 0
+            self._searched = 0
         else:
             self._buf = self._buf[self._pos :] + data
+            self._searched = max(0, self._searched - self._pos)
             self._pos = 0
 
     @property
@@ -252,14 +258,16 @@ class _ResponseReader:
             if pos < len(buf) and buf[pos] < 0x21:
                 # Also what h11 does: a response never starts with whitespace or a control.
                 raise MalformedResponse(f"illegal status line: {buf[pos : pos + 40]!r}")
-            end = _HEAD_END_RE.search(buf, pos)
+            end = _HEAD_END_RE.search(buf, max(pos, self._searched - 2))
             if end is None:
+                self._searched = len(buf)
                 if len(buf) - pos > MAX_HEAD_BYTES:
                     raise MalformedResponse(f"response head larger than {MAX_HEAD_BYTES} bytes")
                 if self._eof:
                     raise MalformedResponse("peer unexpectedly closed connection")
                 return None
             self._pos = end.end()
+            self._searched = self._pos
             framing = _Framing()
             status, reason, version, headers = _parse_head(buf[pos : end.start() + 1], framing)
             if 100 <= status < 200:
@@ -332,8 +340,9 @@ class _ResponseReader:
                     self._chunk_state = _FOOTER
                     self._footer_left = 2
             elif state == _SIZE:
-                end = buf.find(b"\r\n", pos)
+                end = buf.find(b"\r\n", max(pos, self._searched - 1))
                 if end < 0:
+                    self._searched = len(buf)
                     if len(buf) - pos > MAX_HEAD_BYTES:
                         raise MalformedResponse("chunk-size line too long")
                     break
@@ -341,6 +350,7 @@ class _ResponseReader:
                 if line is None:
                     raise MalformedResponse(f"illegal chunk header: {buf[pos : end + 2]!r}")
                 self._pos = end + 2
+                self._searched = self._pos
                 self._remaining = int(line[1], 16)
                 self._chunk_state = _DATA if self._remaining else _TRAILER
             elif state == _FOOTER:
@@ -361,12 +371,14 @@ class _ResponseReader:
                 elif buf[pos : pos + 2] == b"\r\n":
                     self._pos = pos + 2
                 else:
-                    end_match = _HEAD_END_RE.search(buf, pos)
+                    end_match = _HEAD_END_RE.search(buf, max(pos, self._searched - 2))
                     if end_match is None:
+                        self._searched = len(buf)
                         if len(buf) - pos > MAX_HEAD_BYTES:
                             raise MalformedResponse("trailer section too long")
                         break
                     self._pos = end_match.end()
+                    self._searched = self._pos
                     # Trailers are dropped, but checked: h11 would refuse bad ones.
                     trailers = _field_lines(_split_lines(buf[pos : end_match.start() + 1]))
                     _normalise(trailers, _Framing())
