@@ -448,13 +448,15 @@ class HttpConnection:
         return False
 
     async def _next_request(self, idle: trio.CancelScope) -> h11.Event | type[h11.PAUSED]:
+        """The next event once more bytes came (the caller has just seen NEED_DATA)."""
         while True:
+            await self._wait_for_data()
             event = self.conn.next_event()
             if event is not h11.NEED_DATA:
                 return event  # type: ignore[return-value]
-            await self._wait_for_data()
             if idle.deadline - trio.current_time() > self.limits.header_timeout_secs:
-                # The first byte of a request: the rest of its headers must follow promptly.
+                # Part of a request: the rest of its headers must follow promptly. (A request
+                # that came whole, the usual case, never moves the deadline.)
                 idle.deadline = trio.current_time() + self.limits.header_timeout_secs
 
     async def _answer_protocol_error(self, exc: h11.RemoteProtocolError) -> None:
