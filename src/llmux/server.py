@@ -13,7 +13,7 @@ import functools
 import hmac
 import itertools
 import logging
-import math
+import socket
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from importlib import resources
 from typing import Any
@@ -186,7 +186,7 @@ class Frontend:
     async def wait_all_closed(self) -> None:
         await self._all_closed.wait()
 
-    async def handle_connection(self, stream: trio.SocketStream) -> None:
+    async def handle_connection(self, stream: trio.abc.Stream) -> None:
         self.open_connections += 1
         try:
             await HttpConnection(stream, self).serve()
@@ -196,14 +196,141 @@ class Frontend:
                 self._all_closed.set()
 
 
+class _SocketIO(trio.abc.Stream):
+    """A client socket driven directly: trio's SocketStream yields to the scheduler after
+    every successful send and recv; here only real waits do. Each request still waits at
+    least twice (for its bytes, for the backend), so the connection stays a good citizen."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._fd = sock.fileno()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        # Only the connection's reader calls this, and only once what came before was taken:
+        # waiting first spares a recv() that would almost always fail with EAGAIN.
+        while True:
+            await trio.lowlevel.wait_readable(self._fd)
+            try:
+                return self._sock.recv(max_bytes or RECEIVE_SIZE)
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                raise trio.BrokenResourceError(f"client connection lost: {exc}") from exc
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                sent = self._sock.send(view)
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(self._fd)
+                continue
+            except OSError as exc:
+                if self._sock.fileno() == -1:
+                    raise trio.ClosedResourceError("the connection was closed") from exc
+                raise trio.BrokenResourceError(f"client connection lost: {exc}") from exc
+            view = view[sent:]
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.lowlevel.wait_writable(self._fd)
+
+    async def aclose(self) -> None:
+        if self._sock.fileno() != -1:
+            trio.lowlevel.notify_closing(self._sock)
+            self._sock.close()
+        await trio.lowlevel.checkpoint()
+
+
+class _Wakeup:
+    """Lets one task sleep until another has something for it (no object per wait)."""
+
+    __slots__ = ("_task",)
+
+    def __init__(self) -> None:
+        self._task: trio.lowlevel.Task | None = None
+
+    async def wait(self) -> None:
+        self._task = trio.lowlevel.current_task()
+
+        def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+            self._task = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+    def wake(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            trio.lowlevel.reschedule(task)
+
+
 class HttpConnection:
-    def __init__(self, stream: trio.SocketStream, frontend: Frontend) -> None:
+    """One client connection: the handler (the connection's own task) serves requests one
+    at a time, and a reader task owns the socket's receiving side for the connection's life.
+
+    The reader hands bytes to h11 and wakes the handler when it waits for them. Because it
+    reads all the time, a client that hangs up is noticed while its request waits in a queue
+    or streams (the reader cancels `_watch`), and a pipelined next request is taken in;
+    while a request is being answered it reads at most MAX_PIPELINED_BYTES ahead and then
+    stops (not watching either, as a client that floods the pipe is no reason to buffer).
+    One long-lived task per connection costs far less than a watcher task per request.
+    """
+
+    def __init__(self, stream: trio.abc.Stream, frontend: Frontend) -> None:
+        if isinstance(stream, trio.SocketStream):
+            # serve_listeners closes the husk; it has nothing left to close.
+            sock = socket.socket(fileno=stream.socket.detach())
+            sock.setblocking(False)
+            stream = _SocketIO(sock)
         self.stream = stream
         self.frontend = frontend
         self.limits = frontend.limits
         self.conn = h11.Connection(
             h11.SERVER, max_incomplete_event_size=self.limits.max_header_bytes
         )
+        self._data_arrived = _Wakeup()
+        self._reader_resume = _Wakeup()
+        self._unread = 0  # bytes handed to h11 since the handler last waited for more
+        self._client_gone = False
+        self._watch: trio.CancelScope | None = None
+
+    async def _read_forever(self) -> None:
+        try:
+            while True:
+                if self._unread >= MAX_PIPELINED_BYTES:
+                    await self._reader_resume.wait()
+                    continue
+                try:
+                    data = bytes(await self.stream.receive_some(RECEIVE_SIZE))
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    data = b""
+                self.conn.receive_data(data)
+                self._unread += len(data)
+                self._data_arrived.wake()
+                if not data:
+                    break
+        except Exception as exc:
+            # Raised from here, it would take the server's connection nursery down with it.
+            log_event(
+                "internal_error",
+                f"unexpected error while reading from a client: {exc!r}",
+                level=logging.ERROR,
+                exc_info=True,
+            )
+        self._client_gone = True
+        self._data_arrived.wake()
+        if self._watch is not None:
+            self._watch.cancel()
+
+    async def _wait_for_data(self) -> None:
+        """Until the reader has handed h11 more bytes (or the end of the stream)."""
+        if self._unread >= MAX_PIPELINED_BYTES:
+            self._reader_resume.wake()
+        self._unread = 0
+        if self._client_gone:
+            # Everything, the end included, is with h11 already: nothing more will come.
+            raise trio.BrokenResourceError("client went away")
+        await self._data_arrived.wait()
 
     # ---- plumbing ----------------------------------------------------------------------------
 
@@ -216,7 +343,7 @@ class HttpConnection:
         while True:
             event = self.conn.next_event()
             if event is h11.NEED_DATA:
-                self.conn.receive_data(await self.stream.receive_some(RECEIVE_SIZE))
+                await self._wait_for_data()
                 continue
             return event  # type: ignore[return-value]
 
@@ -252,6 +379,14 @@ class HttpConnection:
     # ---- the connection loop ----------------------------------------------------------------
 
     async def serve(self) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._read_forever)
+            try:
+                await self._serve()
+            finally:
+                nursery.cancel_scope.cancel()
+
+    async def _serve(self) -> None:
         try:
             first = True
             while await self._serve_one(first):
@@ -283,40 +418,46 @@ class HttpConnection:
         # Waiting for a request is the only time a connection may be dropped at will: by the
         # keep-alive timeout, or because the server is closing. A new connection, or one that
         # has started sending a request, gets only the (short) header timeout.
-        now = trio.current_time()
-        pending = bool(self.conn.trailing_data[0])
-        wait = self.limits.keepalive_idle_secs
-        if first or pending:
-            wait = self.limits.header_timeout_secs
-        idle = trio.CancelScope(deadline=now + wait)
-        if self.frontend.closing:
-            idle.cancel()
-        self.frontend._idle.add(idle)
-        try:
-            with idle:
-                event = await self._next_request(idle)
-                if isinstance(event, h11.Request):
-                    self.frontend._idle.discard(idle)
-                    idle.deadline = math.inf
-                    await self._handle(event)
-                    return not self.frontend.closing
+        event = self.conn.next_event()
+        if event is h11.NEED_DATA:
+            now = trio.current_time()
+            pending = bool(self.conn.trailing_data[0])
+            wait = self.limits.keepalive_idle_secs
+            if first or pending:
+                wait = self.limits.header_timeout_secs
+            idle = trio.CancelScope(deadline=now + wait)
+            if self.frontend.closing:
+                idle.cancel()
+            self.frontend._idle.add(idle)
+            try:
+                with idle:
+                    event = await self._next_request(idle)
+            finally:
+                self.frontend._idle.discard(idle)
+            if idle.cancelled_caught:
+                if self.conn.trailing_data[0] and not self.frontend.closing:
+                    await self._answer_and_close(408, "Timed out reading the request headers")
                 return False
-            if idle.cancelled_caught and self.conn.trailing_data[0] and not self.frontend.closing:
-                await self._answer_and_close(408, "Timed out reading the request headers")
-            return False
-        finally:
-            self.frontend._idle.discard(idle)
+        else:
+            # Pipelined, so already here. Writes to the client do not yield (see _SocketIO):
+            # without this, a pipe full of requests answered locally would hold the loop.
+            await trio.lowlevel.checkpoint()
+        if isinstance(event, h11.Request):
+            await self._handle(event)
+            return not self.frontend.closing
+        return False
 
     async def _next_request(self, idle: trio.CancelScope) -> h11.Event | type[h11.PAUSED]:
+        """The next event once more bytes came (the caller has just seen NEED_DATA)."""
         while True:
+            await self._wait_for_data()
             event = self.conn.next_event()
             if event is not h11.NEED_DATA:
                 return event  # type: ignore[return-value]
-            data = await self.stream.receive_some(RECEIVE_SIZE)
-            if data and idle.deadline - trio.current_time() > self.limits.header_timeout_secs:
-                # The first byte of a request: the rest of its headers must follow promptly.
+            if idle.deadline - trio.current_time() > self.limits.header_timeout_secs:
+                # Part of a request: the rest of its headers must follow promptly. (A request
+                # that came whole, the usual case, never moves the deadline.)
                 idle.deadline = trio.current_time() + self.limits.header_timeout_secs
-            self.conn.receive_data(data)
 
     async def _answer_protocol_error(self, exc: h11.RemoteProtocolError) -> None:
         if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
@@ -364,17 +505,19 @@ class HttpConnection:
     async def _handle(self, request: h11.Request) -> None:
         path = request.target.split(b"?", 1)[0]
         method = request.method
+        # Once: iterating h11's Headers goes through Sequence.__iter__, item by item.
+        headers = list(request.headers)
         try:
-            if len(request.headers) > self.limits.max_headers:
+            if len(headers) > self.limits.max_headers:
                 raise HttpError(431, f"More than {self.limits.max_headers} request headers")
             # h11 bounds only a head that arrives in pieces; one that came whole is measured here.
-            head_size = len(request.target) + sum(len(n) + len(v) + 4 for n, v in request.headers)
+            head_size = len(request.target) + sum(len(n) + len(v) + 4 for n, v in headers)
             if head_size > self.limits.max_header_bytes:
                 raise HttpError(
                     431, f"Request headers larger than {self.limits.max_header_bytes} bytes"
                 )
             if self.frontend.api_keys and path not in _OPEN_PATHS:
-                presented = presented_key(request.headers)
+                presented = presented_key(headers)
                 if not key_is_valid(presented, self.frontend.api_keys):
                     why = "Invalid API key" if presented is not None else "Missing API key"
                     raise HttpError(
@@ -396,7 +539,7 @@ class HttpConnection:
             elif path == b"/llmux" or path.startswith(b"/llmux/"):
                 await self._llmux_api(request, path, body)
             else:
-                await self._proxy(request, body)
+                await self._proxy(request, headers, body)
         except HttpError as exc:
             # A refused body was not read to its end, so the connection cannot be reused.
             close = self.conn.their_state is not h11.DONE
@@ -471,7 +614,9 @@ class HttpConnection:
             await self._while_client_connected(relay)
             await self._send(h11.EndOfMessage())
 
-    async def _proxy(self, request: h11.Request, body: bytes) -> None:
+    async def _proxy(
+        self, request: h11.Request, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> None:
         model = extract_model(body)
         actor = self.frontend.models.get(model)
         if actor is None:
@@ -491,16 +636,22 @@ class HttpConnection:
                     extra = [QUEUE_FULL_RETRY_AFTER] if full else []
                     await self._respond_error(status, outcome.detail, extra=extra)
                     return
-                status = await self._forward(request, body, actor)
+                status = await self._forward(request, headers, body, actor)
 
             await self._while_client_connected(serve)
         finally:
             actor.finish(req_id)
             self.frontend.telemetry.request_finished(model, status, trio.current_time() - started)
 
-    async def _forward(self, request: h11.Request, body: bytes, actor: ModelActor) -> int:
+    async def _forward(
+        self,
+        request: h11.Request,
+        request_headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        actor: ModelActor,
+    ) -> int:
         """Relay the backend's response as it arrives; returns the status sent."""
-        headers = forwardable(list(request.headers))
+        headers = forwardable(request_headers)
         try:
             async with self.frontend.pool.request(
                 actor.config.port, request.method, request.target, headers, body
@@ -540,41 +691,17 @@ class HttpConnection:
             return 502
 
     async def _while_client_connected(self, work: Callable[[], Awaitable[None]]) -> None:
-        """Run `work`, cancelling it the moment the client hangs up."""
-        broken: trio.BrokenResourceError | trio.ClosedResourceError | None = None
-        async with trio.open_nursery() as nursery:
-            # (Tests serve in-memory streams, which have no socket.)
-            sock = getattr(self.stream, "socket", None)
-
-            async def watch() -> None:
-                buffered = 0
-                while buffered < MAX_PIPELINED_BYTES:
-                    try:
-                        if sock is not None:
-                            # Waiting first spares a recv() that would almost always find
-                            # nothing.
-                            await trio.lowlevel.wait_readable(sock)
-                        data = await self.stream.receive_some(RECEIVE_SIZE)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        data = b""
-                    if not data:
-                        nursery.cancel_scope.cancel()
-                        return
-                    # The client pipelined its next request: keep it for the next cycle.
-                    self.conn.receive_data(data)
-                    buffered += len(data)
-
-            nursery.start_soon(watch)
-            try:
+        """Run `work`, cancelling it the moment the client hangs up (the reader sees it)."""
+        scope = trio.CancelScope()
+        if self._client_gone:
+            scope.cancel()
+        self._watch = scope
+        try:
+            with scope:
                 await work()
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                # Raised here, it would leave the nursery wrapped in an ExceptionGroup that
-                # the connection loop does not expect: carry it out bare instead.
-                broken = exc
-            nursery.cancel_scope.cancel()
-        if broken is not None:
-            raise broken
-        if nursery.cancel_scope.cancelled_caught and self.conn.our_state is not h11.DONE:
+        finally:
+            self._watch = None
+        if scope.cancelled_caught and self.conn.our_state is not h11.DONE:
             raise trio.BrokenResourceError("client went away")
 
 

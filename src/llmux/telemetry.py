@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from prometheus_client import Counter, Gauge, Histogram
+
 from llmux.core.cost import SwitchCostTracker
 from llmux.core.messages import (
     Anomaly,
@@ -27,6 +29,11 @@ class Telemetry:
         self.metrics = metrics
         self.journal = journal if journal is not None else Journal()
         self._woke_at: dict[str, float] = {}
+        # Children of labelled metrics, looked up once: `labels()` validates its arguments and
+        # takes a lock on every call, and these are touched on every request.
+        self._queue_wait: dict[str, Histogram] = {}
+        self._finished: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
+        self._reported: dict[str, tuple[Gauge, Gauge]] = {}
 
     def transition(self, t: Transition) -> None:
         self.journal.record(t)
@@ -78,11 +85,20 @@ class Telemetry:
             )
 
     def model_report(self, report: ModelReport) -> None:
-        self.metrics.queue_depth.labels(report.model).set(report.queue_depth)
-        self.metrics.in_flight.labels(report.model).set(report.in_flight)
+        gauges = self._reported.get(report.model)
+        if gauges is None:
+            gauges = self._reported[report.model] = (
+                self.metrics.queue_depth.labels(report.model),
+                self.metrics.in_flight.labels(report.model),
+            )
+        gauges[0].set(report.queue_depth)
+        gauges[1].set(report.in_flight)
 
     def granted(self, model: str, waited: float) -> None:
-        self.metrics.queue_wait.labels(model).observe(waited)
+        histogram = self._queue_wait.get(model)
+        if histogram is None:
+            histogram = self._queue_wait[model] = self.metrics.queue_wait.labels(model)
+        histogram.observe(waited)
 
     def rejected(self, reject: Reject) -> None:
         if reject.reason is RejectReason.TIMEOUT:
@@ -156,9 +172,15 @@ class Telemetry:
         log_event("anomaly", f"{a.where}: {a.detail}", level=logging.ERROR, where=a.where)
 
     def request_finished(self, model: str, status: int, duration: float) -> None:
-        label = str(status)
-        self.metrics.requests_total.labels(model, label).inc()
-        self.metrics.request_duration.labels(model, label).observe(duration)
+        children = self._finished.get((model, status))
+        if children is None:
+            label = str(status)
+            children = self._finished[model, status] = (
+                self.metrics.requests_total.labels(model, label),
+                self.metrics.request_duration.labels(model, label),
+            )
+        children[0].inc()
+        children[1].observe(duration)
 
 
 def _fields(*, source: str, target: str, **rest: Any) -> dict[str, Any]:

@@ -71,6 +71,26 @@ async def test_a_client_that_leaves_while_queued_leaves_the_queue(tmp_path: Path
         assert await rig.metric("llmux_model_in_flight", model="a") == 0
 
 
+async def test_a_client_that_pipelined_more_and_leaves_while_queued_leaves_the_queue(
+    tmp_path: Path,
+) -> None:
+    # The bytes of the next request are taken in while the first waits; the hang-up after
+    # them must still be seen.
+    async with running(tmp_path) as rig:
+        rig.hook_secs("a", "wake", 1.0)
+        port = int(rig.url.rsplit(":", 1)[1])
+        request = (
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 14\r\n\r\n"
+            b'{"model": "a"}'
+        )
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(request + request[:30])
+            await trio.sleep(0.2)
+        await trio.sleep(0.1)
+        assert await rig.metric("llmux_request_queue_depth", model="a") == 0
+        assert await rig.metric("llmux_requests_total", model="a", status="499") == 1
+
+
 async def test_a_client_that_abandons_a_stream_does_not_hold_its_model_awake(
     tmp_path: Path,
 ) -> None:

@@ -164,6 +164,24 @@ def _raw_session(port: int) -> list[bytes]:
     return heads
 
 
+def _pipeline(port: int, requests: int) -> list[bytes]:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(_chat("a") * requests)
+        buffer = bytearray()
+        return [_read_response(sock, buffer)[0].split(b"\r\n")[0] for _ in range(requests)]
+
+
+async def test_pipelining_beyond_the_read_ahead_limit_behind_a_queued_request(
+    tmp_path: Path,
+) -> None:
+    # ~80 KB of requests at once while the first waits for its model: llmux reads 64 KB
+    # ahead, stops, and takes the rest as it answers; every request is answered, in order.
+    async with running(tmp_path) as rig:
+        rig.hook_secs("a", "wake", 0.3)
+        heads = await trio.to_thread.run_sync(_pipeline, _port(rig), 700)
+        assert heads == [b"HTTP/1.1 200 "] * 700
+
+
 async def test_keep_alive_pipelining_continue_and_chunked_uploads(tmp_path: Path) -> None:
     async with running(tmp_path) as rig:
         heads = await trio.to_thread.run_sync(_raw_session, _port(rig))

@@ -392,4 +392,113 @@ async def test_sockets_have_nodelay() -> None:
     async with running() as (backend, pool):
         await fetch(pool, backend.port)
         (conn,) = pool._idle[backend.port]
-        assert conn.stream.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        assert conn.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+
+
+# ---- framing the pool reads itself (the parser is also checked against h11 byte by byte in
+# test_upstream_parser.py; these go through real sockets) -----------------------------------
+
+
+def raw(response: bytes, *, then_close: bool = False, bytewise: bool = False) -> Script:
+    async def script(exchange: Exchange) -> None:
+        if bytewise:
+            for i in range(len(response)):
+                await exchange.stream.send_all(response[i : i + 1])
+                await trio.sleep(0.001)  # so the client really reads them apart
+        else:
+            await exchange.stream.send_all(response)
+        if then_close:
+            await exchange.stream.aclose()
+        else:
+            await trio.sleep_forever()  # answered by hand: keep the connection as it is
+
+    return script
+
+
+async def test_head_response_has_no_body_and_is_pooled() -> None:
+    async with running(raw(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n")) as (backend, pool):
+        response, body = await fetch(pool, backend.port, b"HEAD")
+        assert (response.status_code, body) == (200, b"")
+        assert (b"content-length", b"5") in response.headers
+        assert pool.idle_count(backend.port) == 1
+
+
+@pytest.mark.parametrize("status", [204, 304])
+async def test_no_body_statuses(status: int) -> None:
+    head = b"HTTP/1.1 %d Nothing\r\n\r\n" % status
+    async with running(raw(head)) as (backend, pool):
+        response, body = await fetch(pool, backend.port)
+        assert (response.status_code, response.reason, body) == (status, b"Nothing", b"")
+        assert pool.idle_count(backend.port) == 1
+
+
+async def test_close_delimited_body_is_read_to_the_end_and_not_pooled() -> None:
+    response_bytes = b"HTTP/1.1 200 OK\r\nx: y\r\n\r\nall of this"
+    async with running(raw(response_bytes, then_close=True)) as (backend, pool):
+        _, body = await fetch(pool, backend.port)
+        assert body == b"all of this"
+        assert pool.idle_count(backend.port) == 0
+
+
+async def test_chunked_body_with_trailers_split_byte_by_byte() -> None:
+    response_bytes = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\n"
+        b"5;ext=1\r\nhello\r\n1\r\n \r\n5\r\nworld\r\n0\r\nx-trailer: 1\r\n\r\n"
+    )
+    async with running(raw(response_bytes, bytewise=True)) as (backend, pool):
+        response, body = await fetch(pool, backend.port)
+        assert body == b"hello world"
+        assert (b"transfer-encoding", b"chunked") in response.headers
+        assert pool.idle_count(backend.port) == 1
+
+
+async def test_http_1_0_response_is_not_pooled() -> None:
+    response_bytes = b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok"
+    async with running(raw(response_bytes)) as (backend, pool):
+        response, body = await fetch(pool, backend.port)
+        assert (response.http_version, body) == (b"1.0", b"ok")
+        assert pool.idle_count(backend.port) == 0
+
+
+async def test_bytes_after_the_response_are_not_pooled() -> None:
+    response_bytes = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n\r\n"
+    async with running(raw(response_bytes)) as (backend, pool):
+        _, body = await fetch(pool, backend.port)
+        assert body == b"ok"
+        assert pool.idle_count(backend.port) == 0
+
+
+async def test_a_caller_asking_to_close_is_not_pooled() -> None:
+    async with running() as (backend, pool):
+        request = pool.request(backend.port, b"GET", b"/", [(b"Connection", b"close")], b"")
+        async with request as response:
+            assert [chunk async for chunk in response.iter_body()] == [b"ok"]
+        assert pool.idle_count(backend.port) == 0
+    assert (b"connection", b"close") in backend.exchanges[0].request.headers
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "headers"),
+    [
+        (b"GET", b"/x HTTP/1.1\r\nx: y", []),
+        (b"G T", b"/", []),
+        (b"GET", b"/", [(b"x", b"a\r\nx-injected: 1")]),
+        (b"GET", b"/", [(b"bad name", b"v")]),
+        (b"GET", b"/", [(b"x", b"\x00")]),
+    ],
+)
+def test_requests_http_cannot_carry_are_refused_before_sending(
+    method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]
+) -> None:
+    with pytest.raises(ValueError, match="cannot send"):
+        UpstreamPool().request(1, method, target, headers, b"")
+
+
+async def test_malformed_head_split_across_reads_raises() -> None:
+    async with running(raw(b"HTTP/1.1 200 OK\r\nbad header\r\n\r\n", bytewise=True)) as (
+        backend,
+        pool,
+    ):
+        with pytest.raises(UpstreamError, match="broke the HTTP protocol"):
+            await fetch(pool, backend.port)
+        assert pool.idle_count(backend.port) == 0
