@@ -11,7 +11,7 @@ import math
 
 import msgspec
 
-from llmux.core.lifecycle import ModelLifecycle, state_name
+from llmux.core.lifecycle import Compiled, ModelLifecycle
 from llmux.core.messages import (
     Acquire,
     Adopt,
@@ -33,6 +33,8 @@ from llmux.core.messages import (
     Transition,
     Wake,
 )
+
+LIFECYCLE = Compiled(ModelLifecycle)
 
 SLEEPING = "Sleeping"
 WAKING = "Waking"
@@ -70,8 +72,7 @@ class ModelCore:
         # When the next `alive` probe is due (only while Active), and whether one runs now.
         self._probe_at = math.inf
         self._probing = False
-        self._machine = ModelLifecycle()
-        self.state: str = SLEEPING
+        self.state: str = LIFECYCLE.initial
         self.state_since = 0.0
         self.active_since: float | None = None
         # Insertion-ordered, and every waiter gets the same timeout, so the first entry is
@@ -256,8 +257,7 @@ class ModelCore:
 
     def _take(self, event: str, cause: str, now: float) -> list[ModelEffect]:
         source = self.state
-        self._machine.send(event)
-        self.state = state_name(self._machine)
+        self.state = LIFECYCLE.step(source, event)
         self.state_since = now
         self.epoch += 1
         return [Transition("ModelLifecycle", self.name, source, self.state, event, cause, now)]

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 import msgspec
 
 from llmux.core.cost import SwitchCostTracker
-from llmux.core.lifecycle import SwitchSequence, state_name
+from llmux.core.lifecycle import Compiled, SwitchSequence
 from llmux.core.messages import (
     Anomaly,
     ManualSleep,
@@ -46,6 +46,7 @@ from llmux.core.policy import (
 )
 
 SCHEDULER = "scheduler"
+SEQUENCE = Compiled(SwitchSequence)
 FAILURE_BACKOFF_SECS = 2.0
 
 
@@ -80,8 +81,7 @@ class SchedulerCore:
         self.views: dict[str, ModelReport] = {
             name: ModelReport(name, SLEEPING, 0, None, 0, None) for name in models
         }
-        self._machine = SwitchSequence()
-        self.phase: str = state_name(self._machine)
+        self.phase: str = SEQUENCE.initial
         self.active: str | None = None
         self.switch: SwitchRecord | None = None
         self.last_decision = "none yet"
@@ -569,8 +569,7 @@ class SchedulerCore:
 
     def _take(self, event: str, cause: str, now: float, effects: list[SchedulerEffect]) -> None:
         source = self.phase
-        self._machine.send(event)
-        self.phase = state_name(self._machine)
+        self.phase = SEQUENCE.step(self.phase, event)
         effects.append(
             Transition("SwitchSequence", SCHEDULER, source, self.phase, event, cause, now)
         )
