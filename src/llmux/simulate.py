@@ -75,6 +75,7 @@ from typing import Annotated, Any
 
 import msgspec
 
+from llmux.argtypes import positive_int
 from llmux.core.messages import Hook, Reject
 from llmux.core.policy import PendingContext, PolicyDecision, ScheduleContext, SwitchPolicy
 from llmux.core.world import HookScript, Settings, World
@@ -697,16 +698,6 @@ def _non_negative(text: str) -> float:
     return value
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
-    return value
-
-
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register `llmux simulate` on the CLI's subcommands."""
     parser = commands.add_parser(
@@ -751,7 +742,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument(
         "--backend-slots",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help="a backend serves at most N requests at once and queues the rest, like a GPU "
         "whose batch is full (default: unlimited, service time independent of load); waits "

@@ -33,6 +33,8 @@ import h11
 import msgspec
 import trio
 
+from llmux.argtypes import positive_int
+
 RECEIVE_SIZE = 65536
 MAX_BODY_BYTES = 16 * 1024 * 1024
 DEFAULT_TOKENS = 8
@@ -531,16 +533,6 @@ def _cmd_alive(args: argparse.Namespace) -> int:
     return 1
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
-    return value
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m llmux.standin", description="OpenAI-compatible stand-in backend"
@@ -554,7 +546,7 @@ def _parser() -> argparse.ArgumentParser:
         )
         sub.add_argument(
             "--slots",
-            type=_positive_int,
+            type=positive_int,
             help="produce at most N completions at once; the rest wait their turn "
             "(default: no limit)",
         )
