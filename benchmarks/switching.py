@@ -218,7 +218,9 @@ async def queue_run(llmux: b.Server, backend_port: int, flag: Path, n: int) -> d
             get = b"GET /stats HTTP/1.1\r\nhost: x\r\n\r\n"
             base: int | None = None
             last = -1
-            while not finished.is_set():
+            while True:
+                # One more poll after the last answer: a small burst can be over between polls.
+                done = finished.is_set()
                 answer = await exchange(stats, get)
                 count = int(answer.rpartition(b":")[2].strip(b"} \r\n"))
                 now = time.time()
@@ -229,6 +231,8 @@ async def queue_run(llmux: b.Server, backend_port: int, flag: Path, n: int) -> d
                     reached["last"] = now
                     reached["count"] = count - base
                     last = count
+                if done:
+                    break
                 await trio.sleep(0.01)
 
     async with trio.open_nursery() as nursery:
