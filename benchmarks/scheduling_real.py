@@ -50,7 +50,14 @@ from typing import Any
 import trio
 
 from llmux.core.world import HookScript, Settings
-from llmux.simulate import PROFILES, TraceRequest, Workload, generate_profile
+from llmux.simulate import (
+    PROFILES,
+    TraceRequest,
+    Workload,
+    generate_profile,
+    percentile,
+    union_length,
+)
 from llmux.upstream import UpstreamPool
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -59,7 +66,7 @@ from scheduling_sim import (
     DRAIN_FIRST,
     LABELS,
     POLICIES,
-    RATIOS,
+    add_common_arguments,
     hooks_for,
     run_one,
 )
@@ -247,17 +254,6 @@ async def replay(port: int, workload: Workload, scale: float, t0: float) -> list
 # ---- measuring -------------------------------------------------------------------------------
 
 
-def union_length(intervals: list[tuple[float, float]]) -> float:
-    total, start, end = 0.0, -math.inf, -math.inf
-    for a, b in sorted(intervals):
-        if a > end:
-            total += max(end - start, 0.0) if end > -math.inf else 0.0
-            start, end = a, b
-        else:
-            end = max(end, b)
-    return total + (end - start if end > -math.inf else 0.0)
-
-
 @dataclass
 class Measured:
     switches: int = 0
@@ -294,10 +290,8 @@ class Measured:
         self.failed += other.failed
 
     def percentile(self, percent: int) -> float:
-        ordered = sorted(self.waits)
-        if not ordered:
-            return math.nan
-        return ordered[max(1, -(-percent * len(ordered) // 100)) - 1]
+        value = percentile(sorted(self.waits), percent)
+        return math.nan if value is None else value
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -483,24 +477,12 @@ def table(rows: Sequence[Mapping[str, Any]]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n\n")[0])
-    parser.add_argument(
-        "--ratios",
-        type=lambda s: [float(x) for x in s.split(",")],
-        default=list(RATIOS),
-        help="switch-cost / service-time ratios (default 4,10,20,40)",
-    )
+    add_common_arguments(parser)
     parser.add_argument("--policy", action="append", default=[], help="default: all three")
     parser.add_argument("--profile", action="append", default=[], choices=list(PROFILES))
     parser.add_argument("--scale", type=float, default=SCALE, help="real / simulated time")
     parser.add_argument(
         "--duration", type=float, default=DURATION, help="virtual seconds of each profile"
-    )
-    parser.add_argument(
-        "--backend-slots",
-        type=int,
-        default=None,
-        help="each stand-in serves at most N requests at once, the rest wait (default: no "
-        "limit); the simulator's predictions use the same",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", type=Path, help="keep configs and logs in this directory")

@@ -34,10 +34,11 @@ from typing import Any
 
 import msgspec
 
-from llmux.core.policy import BoundInputs, starvation_bound
-from llmux.core.world import HookScript, Settings, World
+from llmux.argtypes import positive_int
+from llmux.core.policy import starvation_bound
+from llmux.core.world import HookScript, Settings, World, bound_inputs
 from llmux.policies import build_policy
-from llmux.simulate import PROFILES, Result, Workload, _measure, generate_profile
+from llmux.simulate import PROFILES, Result, Workload, _measure, generate_profile, percentile
 
 SERVICE_MEAN = 0.5  # the profiles draw service times uniformly from 0.25-0.75 s
 SERVICE_MAX = 0.75
@@ -71,11 +72,8 @@ class Totals:
         return self.busy_secs / self.makespan if self.makespan else 0.0
 
     def percentile(self, percent: int) -> float:
-        ordered = sorted(self.waits)
-        if not ordered:
-            return math.nan
-        rank = max(1, -(-percent * len(ordered) // 100))
-        return ordered[rank - 1]
+        value = percentile(sorted(self.waits), percent)
+        return math.nan if value is None else value
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -109,15 +107,8 @@ def run_one(
     label = LABELS.get(policy_type, policy_type)
     result = _measure(world, workload.name, label, {}, time.perf_counter() - started)
     waits = [r.started_at - r.arrived for r in world.requests.values() if r.started_at is not None]
-    inputs = BoundInputs(
-        models=len(hooks),
-        max_wake_secs=max(h.wake_secs for h in hooks.values()),
-        max_sleep_secs=max(h.sleep_secs for h in hooks.values()),
-        max_service_secs=SERVICE_MAX,
-        min_active=settings.min_active,
-        request_timeout=settings.request_timeout,
-        drain_before_switch=settings.drain_before_switch,
-        failure_backoff=world.scheduler.failure_backoff,
+    inputs = bound_inputs(
+        hooks, settings, max_service=SERVICE_MAX, failure_backoff=world.scheduler.failure_backoff
     )
     return result, waits, starvation_bound(policy, inputs)
 
@@ -197,14 +188,26 @@ def _option(text: str) -> tuple[str, Any]:
         return key, value
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n\n")[0])
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options this comparison shares with the real-server one (scheduling_real.py)."""
     parser.add_argument(
         "--ratios",
         type=lambda s: [float(x) for x in s.split(",")],
         default=list(RATIOS),
         help="switch-cost / service-time ratios (default 4,10,20,40)",
     )
+    parser.add_argument(
+        "--backend-slots",
+        type=positive_int,
+        default=None,
+        help="a backend serves at most N requests at once, the rest queue in order "
+        "(default: no limit)",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n\n")[0])
+    add_common_arguments(parser)
     parser.add_argument(
         "--policy",
         action="append",
@@ -220,12 +223,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="an option for cost_quantum (repeatable), e.g. max_wait_secs=30",
     )
     parser.add_argument("--profile", action="append", default=[], choices=list(PROFILES))
-    parser.add_argument(
-        "--backend-slots",
-        type=int,
-        default=None,
-        help="requests a backend serves at once, the rest queue (default: unlimited)",
-    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--duration", type=float, default=None)
     parser.add_argument("--per-profile", action="store_true")

@@ -81,14 +81,12 @@ class ModelActor:
         config: ModelConfig,
         *,
         hook_cwd: str,
-        hook_timeouts: Mapping[Hook, float | None],
         telemetry: Telemetry,
     ) -> None:
         self.core = core
         self.name = core.name
         self.config = config
         self.hook_cwd = hook_cwd
-        self.hook_timeouts = dict(hook_timeouts)
         self.telemetry = telemetry
         # A message of None only asks the loop for a report (see `_handle_now`).
         self._send, self._receive = trio.open_memory_channel[Mail](math.inf)
@@ -210,8 +208,7 @@ class ModelActor:
                     self.telemetry.anomaly(effect)
 
     async def _run_hook(self, hook: Hook) -> None:
-        commands = {Hook.WAKE: self.config.wake, Hook.SLEEP: self.config.sleep}
-        command = commands.get(hook, self.config.alive)
+        command, timeout = self.config.hook(hook)
         if command is None:
             # The config refuses health checks without an alive hook; never hang on it.
             self.post(HookDone(hook, True, "no alive hook"))
@@ -221,7 +218,7 @@ class ModelActor:
             model=self.name,
             port=self.config.port,
             cwd=self.hook_cwd,
-            timeout=self.hook_timeouts.get(hook),
+            timeout=timeout,
         )
         self.telemetry.hook_finished(self.name, hook, outcome)
         self.post(HookDone(hook, outcome.ok, outcome.detail))

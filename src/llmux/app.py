@@ -47,11 +47,6 @@ class App:
                 ),
                 model_config,
                 hook_cwd=config.base_dir,
-                hook_timeouts={
-                    Hook.WAKE: model_config.wake_timeout_secs,
-                    Hook.SLEEP: model_config.sleep_timeout_secs,
-                    Hook.ALIVE: model_config.alive_timeout_secs,
-                },
                 telemetry=self.telemetry,
             )
             for name, model_config in config.models.items()
@@ -138,13 +133,10 @@ class App:
         alive: dict[str, bool] = {}
 
         async def probe(name: str, model: ModelConfig) -> None:
-            assert model.alive is not None
+            command, timeout = model.hook(Hook.ALIVE)
+            assert command is not None
             outcome = await run_hook(
-                model.alive,
-                model=name,
-                port=model.port,
-                cwd=self.config.base_dir,
-                timeout=model.alive_timeout_secs,
+                command, model=name, port=model.port, cwd=self.config.base_dir, timeout=timeout
             )
             alive[name] = outcome.ok
 
@@ -173,12 +165,10 @@ class App:
 
     async def _sleep_now(self, name: str) -> None:
         model = self.config.models[name]
+        command, timeout = model.hook(Hook.SLEEP)
+        assert command is not None
         outcome = await run_hook(
-            model.sleep,
-            model=name,
-            port=model.port,
-            cwd=self.config.base_dir,
-            timeout=model.sleep_timeout_secs,
+            command, model=name, port=model.port, cwd=self.config.base_dir, timeout=timeout
         )
         self.telemetry.hook_finished(name, Hook.SLEEP, outcome)
 

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import msgspec
 
+from llmux.core.messages import Hook
 from llmux.policies import PolicyLoadError, build_policy
 
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
@@ -51,6 +52,14 @@ class ModelConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     max_in_flight: Annotated[int, msgspec.Meta(ge=1)] | None = None
     # Put the model to sleep after this long active with nothing in flight or waiting.
     idle_sleep_secs: PositiveSeconds | None = None
+
+    def hook(self, hook: Hook) -> tuple[str | None, float]:
+        """The shell command that runs `hook` (None: no alive hook) and its time limit."""
+        if hook is Hook.WAKE:
+            return self.wake, self.wake_timeout_secs
+        if hook is Hook.SLEEP:
+            return self.sleep, self.sleep_timeout_secs
+        return self.alive, self.alive_timeout_secs
 
 
 class Limits(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

@@ -530,9 +530,6 @@ def _measure(
             end = r.finished_at if r.finished_at is not None else r.cancelled_at
             end = end if end is not None else world.now
             busy.append((r.started_at, end))
-        elif r.granted_at is not None:
-            cancelled += 1
-            end = r.cancelled_at if r.cancelled_at is not None else world.now
         elif r.rejected is not None:
             reasons[r.rejected] = reasons.get(r.rejected, 0) + 1
             end = rejected_at.get(r.req_id, r.arrived)
@@ -544,7 +541,7 @@ def _measure(
             end = world.now
         last = max(last, end)
     makespan = max(last - first, 0.0) if records else 0.0
-    busy_secs = _union_length(busy)
+    busy_secs = union_length(busy)
     waits.sort()
     hook_secs = sum(
         world.hooks[model].wake_secs if hook is Hook.WAKE else world.hooks[model].sleep_secs
@@ -557,8 +554,8 @@ def _measure(
         per_model[model] = ModelStats(
             requests=counts[model],
             served=len(model_waits),
-            wait_p50=_r(_percentile(model_waits, 50)),
-            wait_p99=_r(_percentile(model_waits, 99)),
+            wait_p50=_r(percentile(model_waits, 50)),
+            wait_p99=_r(percentile(model_waits, 99)),
             wait_max=_r(model_waits[-1] if model_waits else None),
         )
     return Result(
@@ -577,8 +574,8 @@ def _measure(
         makespan=_round(makespan),
         busy_secs=_round(busy_secs),
         busy_fraction=_round(busy_secs / makespan if makespan > 0 else 0.0),
-        wait_p50=_r(_percentile(waits, 50)),
-        wait_p99=_r(_percentile(waits, 99)),
+        wait_p50=_r(percentile(waits, 50)),
+        wait_p99=_r(percentile(waits, 99)),
         wait_max=_r(waits[-1] if waits else None),
         wait_mean=_r(sum(waits) / len(waits) if waits else None),
         per_model=per_model,
@@ -587,7 +584,7 @@ def _measure(
     )
 
 
-def _percentile(ordered: Sequence[float], percent: int) -> float | None:
+def percentile(ordered: Sequence[float], percent: int) -> float | None:
     """Nearest rank: the smallest value with at least `percent`% of values at or below it."""
     if not ordered:
         return None
@@ -595,7 +592,7 @@ def _percentile(ordered: Sequence[float], percent: int) -> float | None:
     return ordered[rank - 1]
 
 
-def _union_length(intervals: list[tuple[float, float]]) -> float:
+def union_length(intervals: list[tuple[float, float]]) -> float:
     total = 0.0
     current_start = current_end = -math.inf
     for start, end in sorted(intervals):

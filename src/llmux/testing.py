@@ -73,8 +73,8 @@ from llmux.core.messages import (
     Transition,
 )
 from llmux.core.model import ACTIVE, DRAINING, SLEEPING, ModelCore
-from llmux.core.policy import BoundInputs, SwitchPolicy, starvation_bound
-from llmux.core.world import HookScript, RunawayError, Settings, World
+from llmux.core.policy import SwitchPolicy, starvation_bound
+from llmux.core.world import HookScript, RunawayError, Settings, World, bound_inputs
 
 __all__ = [
     "INVARIANTS",
@@ -278,16 +278,11 @@ class CheckedWorld:
         self.world = World(
             hooks, policy, settings, on_effect=self._on_effect, core_class=core_class
         )
-        self.inputs = BoundInputs(
-            models=len(hooks),
-            max_wake_secs=max((h.wake_secs for h in hooks.values()), default=0.0),
-            max_sleep_secs=max((h.sleep_secs for h in hooks.values()), default=0.0),
-            max_service_secs=max_service,
-            min_active=settings.min_active,
-            request_timeout=settings.request_timeout,
-            drain_before_switch=settings.drain_before_switch,
+        self.inputs = bound_inputs(
+            hooks,
+            settings,
+            max_service=max_service,
             failure_backoff=self.world.scheduler.failure_backoff,
-            max_in_flight=settings.smallest_max_in_flight(),
         )
         self.bound = starvation_bound(policy, self.inputs)
         if self.bound is not None and not (math.isfinite(self.bound) and self.bound >= 0):

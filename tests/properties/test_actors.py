@@ -27,9 +27,9 @@ from llmux.actors import ModelActor, SchedulerActor, Ticket
 from llmux.config import ModelConfig
 from llmux.core.messages import Anomaly, Grant, Hook, Reject, Transition
 from llmux.core.model import ModelCore
-from llmux.core.policy import BoundInputs, SwitchPolicy, starvation_bound
+from llmux.core.policy import SwitchPolicy, starvation_bound
 from llmux.core.scheduler import SchedulerCore
-from llmux.core.world import HookScript, RequestRecord, Settings
+from llmux.core.world import HookScript, RequestRecord, Settings, bound_inputs, model_core
 from llmux.hooks import HookOutcome
 from llmux.metrics import Metrics
 from llmux.policies import BUILTIN
@@ -148,25 +148,8 @@ def run_actors(
     scheduler_class: type[SchedulerCore] = SchedulerCore,
 ) -> Monitor:
     """Run `schedule` through real actors; raise InvariantViolation if anything breaks."""
-    cores = {
-        name: core_class(
-            name,
-            request_timeout=settings.request_timeout,
-            drain_before_switch=settings.drain_before_switch,
-            max_in_flight=settings.max_in_flight_of(name),
-        )
-        for name in scripts
-    }
-    inputs = BoundInputs(
-        models=len(scripts),
-        max_wake_secs=max(s.wake_secs for s in scripts.values()),
-        max_sleep_secs=max(s.sleep_secs for s in scripts.values()),
-        max_service_secs=MAX_SERVICE,
-        min_active=settings.min_active,
-        request_timeout=settings.request_timeout,
-        drain_before_switch=settings.drain_before_switch,
-        max_in_flight=settings.smallest_max_in_flight(),
-    )
+    cores = {name: model_core(name, settings, core_class) for name in scripts}
+    inputs = bound_inputs(scripts, settings, max_service=MAX_SERVICE)
     bound = starvation_bound(policy, inputs)
     monitor = Monitor(scripts, drain_before_switch=settings.drain_before_switch, bound=bound)
     telemetry = RecordingTelemetry(monitor, cores)
@@ -207,7 +190,6 @@ def run_actors(
                     core,
                     ModelConfig(port=1, wake="wake", sleep="sleep"),
                     hook_cwd=".",
-                    hook_timeouts={},
                     telemetry=telemetry,
                 )
                 for name, core in cores.items()

@@ -48,8 +48,8 @@ from llmux.core.messages import (
     Wake,
 )
 from llmux.core.model import ModelCore
-from llmux.core.policy import SwitchPolicy
-from llmux.core.scheduler import SchedulerCore
+from llmux.core.policy import BoundInputs, SwitchPolicy
+from llmux.core.scheduler import FAILURE_BACKOFF_SECS, SchedulerCore
 
 
 class HookScript(msgspec.Struct, frozen=True):
@@ -103,6 +103,38 @@ class Settings(msgspec.Struct, frozen=True):
         return self.max_in_flight
 
 
+def model_core(name: str, settings: Settings, core_class: type[ModelCore] = ModelCore) -> ModelCore:
+    """A model's core configured by `settings` (`core_class` lets a test run a broken one)."""
+    return core_class(
+        name,
+        request_timeout=settings.request_timeout,
+        drain_before_switch=settings.drain_before_switch,
+        max_in_flight=settings.max_in_flight_of(name),
+    )
+
+
+def bound_inputs(
+    hooks: Mapping[str, HookScript],
+    settings: Settings,
+    *,
+    max_service: float,
+    failure_backoff: float = FAILURE_BACKOFF_SECS,
+) -> BoundInputs:
+    """What a policy's starvation bound is given for a world of `hooks` and `settings` whose
+    requests take at most `max_service`."""
+    return BoundInputs(
+        models=len(hooks),
+        max_wake_secs=max((h.wake_secs for h in hooks.values()), default=0.0),
+        max_sleep_secs=max((h.sleep_secs for h in hooks.values()), default=0.0),
+        max_service_secs=max_service,
+        min_active=settings.min_active,
+        request_timeout=settings.request_timeout,
+        drain_before_switch=settings.drain_before_switch,
+        failure_backoff=failure_backoff,
+        max_in_flight=settings.smallest_max_in_flight(),
+    )
+
+
 class RequestRecord(msgspec.Struct):
     req_id: int
     model: str
@@ -144,15 +176,7 @@ class World:
         self.hooks = dict(hooks)
         self.costs = SwitchCostTracker()
         # `core_class` lets a test run a deliberately broken core (see llmux.testing).
-        self.models = {
-            name: core_class(
-                name,
-                request_timeout=settings.request_timeout,
-                drain_before_switch=settings.drain_before_switch,
-                max_in_flight=settings.max_in_flight_of(name),
-            )
-            for name in hooks
-        }
+        self.models = {name: model_core(name, settings, core_class) for name in hooks}
         self.scheduler = SchedulerCore(
             list(hooks),
             policy,
