@@ -25,6 +25,7 @@ from llmux.core.messages import (
     Hook,
     HookDone,
     ModelInput,
+    PolicyError,
     Reject,
     RunHook,
     SchedulerInput,
@@ -37,6 +38,7 @@ from llmux.core.messages import (
     SwitchStarted,
     Tick,
     Transition,
+    Unreachable,
     Wake,
 )
 from llmux.core.model import ACTIVE, ModelCore
@@ -117,6 +119,10 @@ class ModelActor:
             self._handle_now(Finish(req_id))
         else:
             self.post(Finish(req_id))
+
+    def unreachable(self, req_id: int, detail: str) -> None:
+        """Granted request `req_id` could not connect to the backend (before its Finish)."""
+        self.post(Unreachable(req_id, detail))
 
     def post(self, message: ModelInput) -> None:
         self._unread += 1
@@ -274,6 +280,8 @@ class SchedulerActor:
                     self.telemetry.switch_started(effect)
                 case SwitchFinished():
                     self.telemetry.switch_finished(effect, self.core.costs)
+                case PolicyError():
+                    self.telemetry.policy_error(effect)
                 case Transition():
                     self.telemetry.transition(effect)
                 case Anomaly():

@@ -44,6 +44,7 @@ class App:
                     max_queue=model_config.max_queue,
                     max_in_flight=model_config.max_in_flight,
                     health_interval=model_config.health_interval_secs,
+                    alive_probe=model_config.alive is not None,
                 ),
                 model_config,
                 hook_cwd=config.base_dir,
@@ -52,6 +53,7 @@ class App:
             for name, model_config in config.models.items()
         }
         policy = build_policy(settings.type, config.policy_options)
+        self.telemetry.declare_models(config.models, policy=policy.name)
         self.scheduler = SchedulerActor(
             SchedulerCore(
                 list(config.models),

@@ -30,7 +30,7 @@ from llmux.logs import log_event
 from llmux.metrics import Metrics
 from llmux.status import build_status
 from llmux.telemetry import Telemetry
-from llmux.upstream import UpstreamError, UpstreamPool
+from llmux.upstream import BackendUnreachable, UpstreamError, UpstreamPool
 
 RECEIVE_SIZE = 65536
 # Bytes of a pipelined next request we are willing to hold while answering this one.
@@ -636,7 +636,7 @@ class HttpConnection:
                     extra = [QUEUE_FULL_RETRY_AFTER] if full else []
                     await self._respond_error(status, outcome.detail, extra=extra)
                     return
-                status = await self._forward(request, headers, body, actor)
+                status = await self._forward(request, headers, body, actor, req_id)
 
             await self._while_client_connected(serve)
         finally:
@@ -649,6 +649,7 @@ class HttpConnection:
         request_headers: list[tuple[bytes, bytes]],
         body: bytes,
         actor: ModelActor,
+        req_id: int,
     ) -> int:
         """Relay the backend's response as it arrives; returns the status sent."""
         headers = forwardable(request_headers)
@@ -684,6 +685,10 @@ class HttpConnection:
                     out = []
                     await response.receive_more()
         except UpstreamError as exc:
+            if isinstance(exc, BackendUnreachable):
+                # Nobody listens where an Active model should: let its core judge (it may
+                # take the model out of service, so that the next request wakes it again).
+                actor.unreachable(req_id, str(exc))
             if self.conn.our_state is not h11.SEND_RESPONSE:
                 # Headers are out: the only honest signal left is to cut the connection.
                 raise trio.BrokenResourceError(f"backend broke mid-response: {exc}") from exc

@@ -69,6 +69,11 @@ class UpstreamError(Exception):
     """Backend unreachable, or it broke the HTTP protocol / closed mid-response."""
 
 
+class BackendUnreachable(UpstreamError):
+    """No connection could be made: nothing listens on the port, or the connect timed out.
+    Nothing was sent, and for an Active model this is a sign its backend is gone."""
+
+
 class _NoResponse(UpstreamError):
     """The connection failed before any response byte arrived, so a retry is safe."""
 
@@ -709,11 +714,13 @@ class UpstreamPool:
             with trio.fail_after(self._connect_timeout):
                 stream = await trio.open_tcp_stream(self._host, port)
         except trio.TooSlowError:
-            raise UpstreamError(
+            raise BackendUnreachable(
                 f"cannot connect to backend on {where}: timed out after {self._connect_timeout:g} s"
             ) from None
         except OSError as exc:
-            raise UpstreamError(f"cannot connect to backend on {where}: {_reason(exc)}") from exc
+            raise BackendUnreachable(
+                f"cannot connect to backend on {where}: {_reason(exc)}"
+            ) from exc
         # trio set it up (non-blocking, TCP_NODELAY); from here on we drive the socket
         # ourselves, without the checkpoints trio's streams add around every call.
         sock = socket.socket(fileno=stream.socket.detach())

@@ -18,6 +18,7 @@ from llmux.core.messages import (
     Shutdown,
     Tick,
     Transition,
+    Unreachable,
     Wake,
 )
 from llmux.core.model import ModelCore
@@ -281,3 +282,46 @@ def test_requests_queued_behind_a_full_model_time_out_and_count_towards_max_queu
     assert kinds(core.handle(Acquire(3), 1.0)) == [f"reject 3 {RejectReason.QUEUE_FULL}"]
     assert core.next_deadline() == 11.0
     assert kinds(core.handle(Tick(), 11.0)) == [f"reject 2 {RejectReason.TIMEOUT}"]
+
+
+def test_without_an_alive_hook_two_unreachable_requests_in_a_row_take_it_out_of_service() -> None:
+    core = active_model()
+    for req in (1, 2, 3):
+        core.handle(Acquire(req), 1.0)
+    assert core.handle(Unreachable(1, "refused"), 1.1) == []  # one could be a race
+    core.handle(Finish(1), 1.1)
+    effects = core.handle(Unreachable(2, "refused"), 1.2)
+    assert kinds(effects) == ["died->Draining"]
+    assert "could not reach its backend: refused" in effects[0].cause  # type: ignore[union-attr]
+    core.handle(Finish(2), 1.2)
+    # Request 3 is still in flight: it drains as usual, then the sleep hook cleans up.
+    assert kinds(core.handle(Finish(3), 1.3)) == ["drained->SleepingDown", "hook sleep"]
+
+
+def test_a_request_that_gets_through_resets_the_unreachable_count() -> None:
+    core = active_model()
+    for req in (1, 2, 3):
+        core.handle(Acquire(req), 1.0)
+    core.handle(Unreachable(1, "refused"), 1.1)
+    core.handle(Finish(1), 1.1)
+    core.handle(Finish(2), 1.2)  # answered by the backend: it is there after all
+    assert core.handle(Unreachable(3, "refused"), 1.3) == []
+    assert core.state == "Active"
+
+
+def test_with_an_alive_hook_an_unreachable_backend_is_probed_at_once() -> None:
+    core = active_model(alive_probe=True)
+    core.handle(Acquire(1), 1.0)
+    core.handle(Acquire(2), 1.0)
+    assert kinds(core.handle(Unreachable(1, "refused"), 1.1)) == ["hook alive"]
+    assert core.handle(Unreachable(2, "refused"), 1.1) == []  # one probe at a time
+    effects = core.handle(HookDone(Hook.ALIVE, False, "exit status 1"), 1.5)
+    assert kinds(effects) == ["died->Draining"]
+
+
+def test_an_unreachable_report_after_the_model_left_service_is_ignored() -> None:
+    core = active_model()
+    core.handle(Acquire(1), 1.0)
+    core.handle(Drain("switch"), 1.1)
+    assert core.handle(Unreachable(1, "refused"), 1.2) == []
+    assert core.handle(Unreachable(99, "refused"), 1.2) == []

@@ -155,3 +155,19 @@ def test_a_report_that_crossed_the_wake_command_is_not_taken_for_a_failed_wake()
     done = core.handle(ModelReport("a", "Active", 0, None, 5, 0.3, epoch=2), 0.3)
     [finished] = [e for e in done if isinstance(e, SwitchFinished)]
     assert finished.result == "success"
+
+
+def test_after_a_failed_wake_only_the_failed_model_backs_off() -> None:
+    world = two_models(wake_failures=frozenset({0}))
+    world.submit("b", at=0.0, service=0.1)
+    a = world.submit("a", at=1.0, service=0.1)
+    retry = world.submit("b", at=2.6, service=0.1)
+    world.run()
+    # b fails at 2.0 and its cleanup sleep ends at 2.5: a is woken then, not after b's 2 s
+    # backoff (4.0); b itself is retried only once its backoff is over.
+    a_wake = [t for t, m, h in world.hook_runs if (m, h) == ("a", "wake")][0]
+    assert a_wake == 2.5
+    assert world.requests[a].granted_at == 3.5
+    b_retry = [t for t, m, h in world.hook_runs if (m, h) == ("b", "wake")][1]
+    assert b_retry >= 4.0
+    assert world.requests[retry].finished_at is not None

@@ -47,6 +47,14 @@ class Finish(msgspec.Struct, frozen=True):
     req_id: int
 
 
+class Unreachable(msgspec.Struct, frozen=True):
+    """Granted request `req_id` could not connect to the model's backend (nobody listening:
+    it crashed, or something else put it to sleep). A health signal: see ModelCore."""
+
+    req_id: int
+    detail: str = ""
+
+
 class Wake(msgspec.Struct, frozen=True):
     cause: str = ""
 
@@ -81,7 +89,9 @@ class Shutdown(msgspec.Struct, frozen=True):
     """Refuse queued and future requests; in-flight ones finish normally."""
 
 
-ModelInput = Acquire | Finish | Wake | Drain | Adopt | SetPin | HookDone | Tick | Shutdown
+ModelInput = (
+    Acquire | Finish | Unreachable | Wake | Drain | Adopt | SetPin | HookDone | Tick | Shutdown
+)
 
 
 # ---- what a model reports to the scheduler -------------------------------------------------
@@ -209,6 +219,22 @@ class SwitchFinished(msgspec.Struct, frozen=True):
     at: float
 
 
+class PolicyError(msgspec.Struct, frozen=True):
+    """The switch policy raised, or answered something that is not a decision.
+
+    The scheduler contains it: it takes FIFO's decision for that call (switch to the model
+    asked about; no switch on a tick), so a bug in a user's policy costs that policy its say
+    for one round, never a waiter or the server. `where` is "on_pending" or "on_tick";
+    `detail` says what happened in one line ("on_pending returned None, not SwitchNow,
+    Defer or Skip", or the exception's type and message).
+    """
+
+    policy: str
+    where: str
+    detail: str
+    at: float
+
+
 class Anomaly(msgspec.Struct, frozen=True):
     """A message that the current state cannot accept. Never expected; logged loudly and
     asserted absent by the property suite."""
@@ -219,5 +245,12 @@ class Anomaly(msgspec.Struct, frozen=True):
 
 ModelEffect = Grant | Reject | RunHook | Transition | Anomaly
 SchedulerEffect = (
-    SendWake | SendDrain | SendPin | SwitchStarted | SwitchFinished | Transition | Anomaly
+    SendWake
+    | SendDrain
+    | SendPin
+    | SwitchStarted
+    | SwitchFinished
+    | Transition
+    | PolicyError
+    | Anomaly
 )

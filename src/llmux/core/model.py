@@ -31,6 +31,7 @@ from llmux.core.messages import (
     Shutdown,
     Tick,
     Transition,
+    Unreachable,
     Wake,
 )
 
@@ -41,6 +42,11 @@ WAKING = "Waking"
 ACTIVE = "Active"
 DRAINING = "Draining"
 SLEEPING_DOWN = "SleepingDown"
+
+# Without an `alive` hook to ask, this many requests in a row that cannot connect to an
+# Active model's backend (with no request finishing normally in between) mean it is gone.
+# One could be a race with a restart; on loopback a refusal means nobody is listening.
+UNREACHABLE_FOR_DEATH = 2
 
 
 class Waiter(msgspec.Struct):
@@ -58,6 +64,7 @@ class ModelCore:
         max_queue: int | None = None,
         health_interval: float | None = None,
         max_in_flight: int | None = None,
+        alive_probe: bool = False,
     ) -> None:
         if max_in_flight is not None and max_in_flight < 1:
             raise ValueError(f"max_in_flight must be at least 1, not {max_in_flight}")
@@ -69,6 +76,11 @@ class ModelCore:
         self.drain_before_switch = drain_before_switch
         self.max_queue = max_queue
         self.health_interval = health_interval
+        # Whether the model has an `alive` hook: an unreachable backend is then asked about
+        # at once; without one, repeated failures to connect take it out of service.
+        self.alive_probe = alive_probe
+        # Granted requests that found the backend unreachable, since one last got through.
+        self._unreachable: set[int] = set()
         # When the next `alive` probe is due (only while Active), and whether one runs now.
         self._probe_at = math.inf
         self._probing = False
@@ -137,6 +149,8 @@ class ModelCore:
                 return self._acquire(req_id, now)
             case Finish(req_id=req_id):
                 return self._finish(req_id, now)
+            case Unreachable(req_id=req_id, detail=detail):
+                return self._backend_unreachable(req_id, detail, now)
             case Tick():
                 return self._expire(now) + self._maybe_probe(now)
             case Wake(cause=cause):
@@ -187,6 +201,8 @@ class ModelCore:
             # Already answered (timed out, refused): the client's Finish comes after.
             return []
         self.in_flight.remove(req_id)
+        if self._unreachable and req_id not in self._unreachable:
+            self._unreachable.clear()  # a request got through: the backend is there
         if self.state == ACTIVE and self.queue:
             return self._grant_all(now)
         if self.state == ACTIVE and not self.in_flight and not self.queue:
@@ -300,6 +316,26 @@ class ModelCore:
             return []
         return self._leave_service("died", f"alive hook failed: {detail}", now)
 
+    def _backend_unreachable(self, req_id: int, detail: str, now: float) -> list[ModelEffect]:
+        """A request could not connect to the Active model's backend: ask the alive hook now,
+        or, without one, take the model out of service on the second such request in a row.
+        Either way it leaves through `died`, so the next request wakes it again."""
+        if self.state != ACTIVE or req_id not in self.in_flight:
+            return []  # already leaving service, or a stale report
+        self._unreachable.add(req_id)
+        if self.alive_probe:
+            if self._probing:
+                return []
+            self._probing = True
+            self._probe_at = math.inf
+            return [RunHook(self.name, Hook.ALIVE)]
+        if len(self._unreachable) < UNREACHABLE_FOR_DEATH:
+            return []
+        count = len(self._unreachable)
+        return self._leave_service(
+            "died", f"{count} requests in a row could not reach its backend: {detail}", now
+        )
+
     def _drain(self, cause: str, now: float) -> list[ModelEffect]:
         if self.state != ACTIVE:
             return self._refuse("drain")
@@ -307,6 +343,7 @@ class ModelCore:
 
     def _leave_service(self, event: str, cause: str, now: float) -> list[ModelEffect]:
         self._probe_at = math.inf
+        self._unreachable.clear()
         self.idle_since = None
         effects = self._take(event, cause, now)
         if self.in_flight and self.drain_before_switch:

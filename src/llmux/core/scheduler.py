@@ -24,6 +24,7 @@ from llmux.core.messages import (
     ManualWake,
     ModelReport,
     Pin,
+    PolicyError,
     SchedulerEffect,
     SchedulerInput,
     SendDrain,
@@ -39,7 +40,9 @@ from llmux.core.model import ACTIVE, DRAINING, SLEEPING, SLEEPING_DOWN, WAKING
 from llmux.core.policy import (
     Defer,
     PendingContext,
+    PolicyDecision,
     ScheduleContext,
+    Skip,
     SwitchNow,
     SwitchPolicy,
     WaitingSummary,
@@ -89,8 +92,11 @@ class SchedulerCore:
         # Per model, the first epoch that reflects our last command to it (see ModelReport).
         self._commanded_epoch: dict[str, int] = dict.fromkeys(models, 0)
         self._settle_until = math.inf
-        self._backoff_until = math.inf
+        # The model whose wake failed, until its cleanup sleep is done (phase Backoff).
         self._failed_model: str | None = None
+        # Per model whose wake failed: no new wake of it before this time. Only that model
+        # waits; the others are switched to as soon as the failed one is asleep again.
+        self._retry_at: dict[str, float] = {}
         self._recheck_at = math.inf
         self._next_tick_at: float | None = None
         self.closing = False
@@ -109,10 +115,8 @@ class SchedulerCore:
         """When this core next wants a Tick."""
         if self.phase == "Settling":
             deadline = self._settle_until
-        elif self.phase == "Backoff":
-            deadline = self._backoff_until
         elif self.phase == "Idle":
-            deadline = min(self._recheck_at, self._idle_deadline())
+            deadline = min(self._recheck_at, self._idle_deadline(), self._next_retry())
             if self._next_tick_at is not None:
                 deadline = min(deadline, self._next_tick_at)
         else:
@@ -252,7 +256,7 @@ class SchedulerCore:
         target = _target(switch)
         started = _cost_clock_start(switch)
         self._failed_model = target
-        self._backoff_until = now + self.failure_backoff
+        self._retry_at[target] = now + self.failure_backoff
         self.wake_failures[target] += 1
         if self.manual_target == target:
             self.manual_target = None  # reported to the operator; not retried forever
@@ -279,6 +283,9 @@ class SchedulerCore:
     # ---- deciding --------------------------------------------------------------------------
 
     def _advance(self, now: float, effects: list[SchedulerEffect]) -> None:
+        if self._retry_at:
+            # Forget backoffs that are over, so next_deadline never asks for a past time.
+            self._retry_at = {m: at for m, at in self._retry_at.items() if at > now}
         if self.phase == "Backoff":
             self._end_backoff(now, effects)
         if self.closing:
@@ -297,18 +304,24 @@ class SchedulerCore:
             self._decide(now, effects)
 
     def _end_backoff(self, now: float, effects: list[SchedulerEffect]) -> None:
-        """Backoff ends when its time is up and the failed model's cleanup sleep is done,
-        whichever comes last."""
-        if now >= self._backoff_until:
-            # Time is up: from now on only the failed model's report can end the backoff,
-            # so stop asking for ticks (a deadline in the past would be asked for forever).
-            self._backoff_until = math.inf
-        if self._backoff_until < math.inf:
-            return
+        """Backoff ends once the failed model's cleanup sleep is done (nothing else may wake
+        before: it is not asleep). Its own retry waits `failure_backoff` (`_retry_at`);
+        requests for the other models do not."""
         failed = self._failed_model
         if failed is None or self.views[failed].state == SLEEPING:
             self._failed_model = None
-            self._take("recovered", "failure backoff over", now, effects)
+            self._take("recovered", f"{failed} is asleep after its failed wake", now, effects)
+
+    def _backing_off(self, model: str, now: float) -> bool:
+        """Whether `model` failed to wake less than `failure_backoff` ago."""
+        return self._retry_at.get(model, -math.inf) > now
+
+    def _next_retry(self) -> float:
+        """When a model that is wanted but backing off may be woken again."""
+        return min(
+            (at for model, at in self._retry_at.items() if self._wanted(model)),
+            default=math.inf,
+        )
 
     def _wind_down(self, now: float, effects: list[SchedulerEffect]) -> None:
         """Shutting down: start nothing, and put the awake model to sleep once it is idle."""
@@ -403,6 +416,8 @@ class SchedulerCore:
                 return
         target = self.pinned or self.manual_target
         if target is not None:
+            if self._backing_off(target, now):
+                return  # retried when its backoff is over (see next_deadline)
             if target != self.active and self.views[target].state == SLEEPING:
                 self.last_decision = f"switch to {target}: {'pinned' if self.pinned else 'manual'}"
                 self._start(target, self.last_decision, now, effects, settle=False)
@@ -416,7 +431,9 @@ class SchedulerCore:
             (
                 name
                 for name in self._demand
-                if name != self.active and self.views[name].state == SLEEPING
+                if name != self.active
+                and self.views[name].state == SLEEPING
+                and not self._backing_off(name, now)
             ),
             key=lambda name: (_arrived(self.views[name], now), name),
         )
@@ -445,7 +462,7 @@ class SchedulerCore:
                 cost_estimates=estimates,
                 active_idle_secs=active_idle,
             )
-            decision = self.policy.on_pending(ctx)
+            decision = self._ask_pending(ctx, now, effects)
             if isinstance(decision, SwitchNow):
                 self.last_decision = f"switch to {target}: {decision.reason}"
                 self._start(target, self.last_decision, now, effects)
@@ -472,12 +489,48 @@ class SchedulerCore:
         if now < self._next_tick_at:
             return
         self._next_tick_at = now + interval
-        target = self.policy.on_tick(self._schedule_context(now))
+        target = self._ask_tick(now, effects)
         if target is None:
             return
-        if target in self._demand and target != self.active:
+        if target in self._demand and target != self.active and not self._backing_off(target, now):
             self.last_decision = f"switch to {target}: policy tick"
             self._start(target, self.last_decision, now, effects)
+
+    # ---- asking the policy, which may be a user's and may be broken ---------------------------
+
+    def _ask_pending(
+        self, ctx: PendingContext, now: float, effects: list[SchedulerEffect]
+    ) -> PolicyDecision:
+        """The policy's decision, or FIFO's (switch now) if the policy raised or answered
+        something that is not a decision: a bug in a policy costs it its say for this call,
+        never a waiter or the server."""
+        try:
+            decision: object = self.policy.on_pending(ctx)
+        except Exception as exc:
+            problem = f"on_pending raised {_one_line(exc)}"
+        else:
+            if isinstance(decision, SwitchNow | Skip | Defer) and _well_formed(decision):
+                return decision
+            problem = _not_a_decision(decision)
+        effects.append(PolicyError(self._policy_name(), "on_pending", problem, now))
+        return SwitchNow("policy error, so FIFO's choice")
+
+    def _ask_tick(self, now: float, effects: list[SchedulerEffect]) -> str | None:
+        """The model the policy's tick names, or None; a broken tick names none."""
+        try:
+            target: object = self.policy.on_tick(self._schedule_context(now))
+        except Exception as exc:
+            problem = f"on_tick raised {_one_line(exc)}"
+        else:
+            if target is None or isinstance(target, str):
+                return target
+            problem = f"on_tick returned {_describe(target)}, not a model name or None"
+        effects.append(PolicyError(self._policy_name(), "on_tick", problem, now))
+        return None
+
+    def _policy_name(self) -> str:
+        name = getattr(self.policy, "name", None)
+        return name if isinstance(name, str) else type(self.policy).__name__
 
     def _active_idle_secs(self, now: float) -> float | None:
         """How long the active model has had nothing in flight or queued (None if busy)."""
@@ -573,6 +626,31 @@ class SchedulerCore:
         effects.append(
             Transition("SwitchSequence", SCHEDULER, source, self.phase, event, cause, now)
         )
+
+
+def _well_formed(decision: PolicyDecision) -> bool:
+    """A Defer's seconds must be a number (NaN would make every deadline NaN)."""
+    if not isinstance(decision, Defer):
+        return True
+    seconds: object = decision.seconds
+    return isinstance(seconds, int | float) and not math.isnan(seconds)
+
+
+def _not_a_decision(decision: object) -> str:
+    """What is wrong with a policy's answer to on_pending."""
+    if isinstance(decision, Defer):
+        return f"on_pending returned Defer({decision.seconds!r}), whose seconds are not a number"
+    return f"on_pending returned {_describe(decision)}, not SwitchNow, Defer or Skip"
+
+
+def _describe(value: object) -> str:
+    return "None" if value is None else f"a {type(value).__name__} ({value!r:.60})"
+
+
+def _one_line(exc: Exception) -> str:
+    """The exception as a traceback's last line says it: `ValueError: boom`."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _arrived(view: ModelReport, now: float) -> float:

@@ -33,6 +33,7 @@ from llmux.core.messages import (
     ManualWake,
     ModelInput,
     Pin,
+    PolicyError,
     Reject,
     RunHook,
     SchedulerInput,
@@ -188,6 +189,8 @@ class World:
         self.transitions: list[Transition] = []
         self.switches: list[SwitchFinished] = []
         self.anomalies: list[Anomaly] = []
+        # A broken policy's errors, which the scheduler contained (see PolicyError).
+        self.policy_errors: list[PolicyError] = []
         self.hook_runs: list[tuple[float, str, Hook]] = []
         # Every hook run with its scripted end and result, recorded when it starts.
         self.hook_outcomes: list[HookRun] = []
@@ -362,6 +365,8 @@ class World:
                     self.switches.append(effect)
                 case Anomaly():
                     self.anomalies.append(effect)
+                case PolicyError():
+                    self.policy_errors.append(effect)
                 case SwitchStarted():
                     pass
 
