@@ -8,6 +8,7 @@ no request reached a sleeping model and that at most one model was ever awake.
 from __future__ import annotations
 
 import contextlib
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,24 @@ class Rig:
     client: httpx.AsyncClient
     url: str = field(default="")
     initially_awake: frozenset[str] = frozenset()
+    # Each backend's port and the scope its server runs in (cancelled: the process "died").
+    ports: dict[str, int] = field(default_factory=dict)
+    backend_scopes: dict[str, trio.CancelScope] = field(default_factory=dict)
+    nursery: trio.Nursery | None = None
+
+    # ---- backends that die and come back -------------------------------------------------------
+
+    def kill_backend(self, model: str) -> None:
+        """The backend process is gone: its port refuses connections, its connections close.
+        Nothing tells llmux (the model's `.awake` flag stays, as after a crash)."""
+        self.backend_scopes.pop(model).cancel()
+
+    async def restart_backend(self, model: str) -> None:
+        """A backend listens on the model's port again (as its next wake hook would start)."""
+        assert self.nursery is not None
+        self.backend_scopes[model] = await self.nursery.start(
+            _serve_backend, self.backends[model], self.ports[model]
+        )
 
     # ---- the knobs of hook.sh ----------------------------------------------------------------
 
@@ -103,6 +122,15 @@ class Rig:
         )
 
 
+async def _serve_backend(
+    backend: GatedStandin, port: int, task_status: trio.TaskStatus[trio.CancelScope]
+) -> None:
+    with trio.CancelScope() as scope:
+        listeners = await trio.open_tcp_listeners(port, host="127.0.0.1")
+        task_status.started(scope)
+        await trio.serve_listeners(backend.handle_connection, listeners)
+
+
 @contextlib.asynccontextmanager
 async def running(
     tmp_path: Path,
@@ -117,23 +145,27 @@ async def running(
     api_keys: tuple[str, ...] = (),
     idle_sleep_secs: float | None = None,
     preload: str | None = None,
+    alive: bool = True,
     **policy: Any,
 ) -> AsyncIterator[Rig]:
     """llmux and one gated backend per model; on exit, a graceful shutdown, then the check
     that no request ever reached a sleeping backend.
 
     Models listed in `awake_at_start` are loaded before llmux starts (llmux finds them with
-    their `alive` hook, which every model gets)."""
+    their `alive` hook, which every model gets unless `alive` is false)."""
     for name in awake_at_start:
         (tmp_path / f"{name}.awake").touch()
     async with trio.open_nursery() as nursery:
         backends: dict[str, GatedStandin] = {}
         ports: dict[str, int] = {}
+        scopes: dict[str, trio.CancelScope] = {}
         for name in models:
             backend = GatedStandin(name, tmp_path / f"{name}.awake")
-            listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-            ports[name] = listeners[0].socket.getsockname()[1]
-            nursery.start_soon(trio.serve_listeners, backend.handle_connection, listeners)
+            with socket.socket() as probe:
+                # A free port the backend can be restarted on (see Rig.restart_backend).
+                probe.bind(("127.0.0.1", 0))
+                ports[name] = probe.getsockname()[1]
+            scopes[name] = await nursery.start(_serve_backend, backend, ports[name])
             backends[name] = backend
         config = Config(
             models={
@@ -141,7 +173,7 @@ async def running(
                     port=ports[name],
                     wake=f"sh {HOOK} wake {tmp_path}",
                     sleep=f"sh {HOOK} sleep {tmp_path}",
-                    alive=f"sh {HOOK} alive {tmp_path}",
+                    alive=f"sh {HOOK} alive {tmp_path}" if alive else None,
                     health_interval_secs=health_interval_secs,
                     max_queue=max_queue,
                     max_in_flight=max_in_flight,
@@ -170,7 +202,17 @@ async def running(
         url = f"http://127.0.0.1:{port}"
         headers = {"authorization": f"Bearer {api_keys[0]}"} if api_keys else {}
         async with httpx.AsyncClient(base_url=url, timeout=30, headers=headers) as client:
-            rig = Rig(tmp_path, app, backends, client, url, frozenset(awake_at_start))
+            rig = Rig(
+                tmp_path,
+                app,
+                backends,
+                client,
+                url,
+                frozenset(awake_at_start),
+                ports,
+                scopes,
+                nursery,
+            )
             yield rig
         app.shutdown_requested.set()
         with trio.fail_after(20):

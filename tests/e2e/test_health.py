@@ -46,3 +46,36 @@ async def test_a_model_that_dies_while_active_is_woken_again_by_the_next_request
         # Healthy again: probes keep passing and nothing else happens.
         await trio.sleep(0.6)
         assert rig.hook_runs() == ["a:wake", "a:sleep", "a:wake"]
+
+
+async def test_a_backend_that_stops_listening_leaves_service_even_without_an_alive_hook(
+    tmp_path: Path,
+) -> None:
+    async with running(tmp_path, alive=False) as rig:
+        assert (await rig.chat("a")).status_code == 200
+        rig.kill_backend("a")  # crashed, or another process slept it: nothing tells llmux
+        for _ in range(2):
+            reply = await rig.chat("a")
+            assert reply.status_code == 502
+            assert "cannot connect" in reply.json()["error"]["message"]
+        # Two requests in a row could not connect: out of service, cleaned up.
+        await rig.hooks_become(["a:wake", "a:sleep"])
+        assert await rig.metric("llmux_model_deaths_total", model="a") == 1
+        await rig.restart_backend("a")
+        assert (await rig.chat("a")).status_code == 200  # woken again
+        assert rig.hook_runs() == ["a:wake", "a:sleep", "a:wake"]
+
+
+async def test_with_an_alive_hook_one_unreachable_request_has_the_model_probed(
+    tmp_path: Path,
+) -> None:
+    async with running(tmp_path) as rig:  # no health_interval_secs: never probed on a timer
+        assert (await rig.chat("a")).status_code == 200
+        rig.kill_backend("a")
+        (tmp_path / "a.awake").unlink()  # its alive hook now fails
+        assert (await rig.chat("a")).status_code == 502
+        await rig.hooks_become(["a:wake", "a:sleep"])
+        assert await rig.metric("llmux_model_deaths_total", model="a") == 1
+        await rig.restart_backend("a")
+        assert (await rig.chat("a")).status_code == 200
+        assert rig.hook_runs() == ["a:wake", "a:sleep", "a:wake"]
