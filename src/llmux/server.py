@@ -25,7 +25,8 @@ import trio
 from llmux import control
 from llmux.actors import ModelActor, SchedulerActor
 from llmux.config import Limits
-from llmux.core.messages import Reject, RejectReason
+from llmux.core.messages import Reject
+from llmux.errors import ClientGone, CutConnection, ErrorKind, LlmuxError
 from llmux.logs import log_event
 from llmux.metrics import Metrics
 from llmux.status import build_status
@@ -56,31 +57,16 @@ _HOP_BY_HOP = frozenset(
 )
 _NOT_FORWARDED = _HOP_BY_HOP | {b"host", b"content-length", b"expect"}
 
-_REJECT_STATUS = {
-    RejectReason.TIMEOUT: 504,
-    RejectReason.HOOK_FAILED: 500,
-    RejectReason.SHUTTING_DOWN: 503,
-    RejectReason.QUEUE_FULL: 503,
-    RejectReason.PINNED: 503,
+# h11's status hint for a request it cannot parse, as our error kinds.
+_PROTOCOL_ERRORS = {
+    400: ErrorKind.BAD_REQUEST,
+    413: ErrorKind.BODY_TOO_LARGE,
+    431: ErrorKind.HEADERS_TOO_LARGE,
 }
-# A full queue empties when its model next wakes; a switch typically takes seconds.
-QUEUE_FULL_RETRY_AFTER = (b"retry-after", b"5")
 # Routes that answer without a key: a load balancer's probe, and the status page itself
 # (a browser cannot send a header when it opens a page; the page then uses the key it is
 # given in its URL fragment for everything it fetches, and the page holds no data).
 _OPEN_PATHS = frozenset({b"/health", b"/llmux", b"/llmux/"})
-
-
-class HttpError(Exception):
-    def __init__(self, status: int, message: str, kind: str = "llmux_error") -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.kind = kind
-
-
-def error_body(message: str, kind: str = "llmux_error") -> bytes:
-    return msgspec.json.encode({"error": {"message": message, "type": kind}})
 
 
 class _ModelField(msgspec.Struct):
@@ -94,17 +80,19 @@ _model_decoder = msgspec.json.Decoder(_ModelField)
 def extract_model(body: bytes) -> str:
     """The `model` of a JSON request body; decodes that one field only."""
     if not body.strip():
-        raise HttpError(404, "No model specified in request")
+        raise LlmuxError(ErrorKind.NO_MODEL, "No model specified in request")
     try:
         model = _model_decoder.decode(body).model
     except msgspec.ValidationError as exc:
-        raise HttpError(400, f"Request body must be a JSON object: {exc}") from exc
+        raise LlmuxError(
+            ErrorKind.BAD_REQUEST, f"Request body must be a JSON object: {exc}"
+        ) from exc
     except msgspec.DecodeError as exc:
-        raise HttpError(400, f"Invalid JSON in request body: {exc}") from exc
+        raise LlmuxError(ErrorKind.BAD_REQUEST, f"Invalid JSON in request body: {exc}") from exc
     if model is None:
-        raise HttpError(404, "No model specified in request")
+        raise LlmuxError(ErrorKind.NO_MODEL, "No model specified in request")
     if not isinstance(model, str):
-        raise HttpError(400, "The `model` field must be a string")
+        raise LlmuxError(ErrorKind.BAD_REQUEST, "The `model` field must be a string")
     return model
 
 
@@ -329,7 +317,7 @@ class HttpConnection:
         self._unread = 0
         if self._client_gone:
             # Everything, the end included, is with h11 already: nothing more will come.
-            raise trio.BrokenResourceError("client went away")
+            raise ClientGone("client went away")
         await self._data_arrived.wait()
 
     # ---- plumbing ----------------------------------------------------------------------------
@@ -365,16 +353,9 @@ class HttpConnection:
         data += self.conn.send(h11.EndOfMessage()) or b""
         await self.stream.send_all(data)
 
-    async def _respond_error(
-        self,
-        status: int,
-        message: str,
-        *,
-        close: bool = False,
-        kind: str = "llmux_error",
-        extra: Sequence[tuple[bytes, bytes]] = (),
-    ) -> None:
-        await self._respond(status, error_body(message, kind), close=close, extra=extra)
+    async def _respond_error(self, error: LlmuxError, *, close: bool = False) -> None:
+        """The one place an error becomes a response (status, body, headers: llmux.errors)."""
+        await self._respond(error.status, error.body(), close=close, extra=error.headers())
 
     # ---- the connection loop ----------------------------------------------------------------
 
@@ -397,8 +378,8 @@ class HttpConnection:
                     break
         except h11.RemoteProtocolError as exc:
             await self._answer_protocol_error(exc)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+        except (ClientGone, CutConnection, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # nobody to answer; the connection is closed on the way out
         except Exception as exc:
             # A bug must cost this one connection, never the server and everyone else on it.
             log_event(
@@ -409,7 +390,9 @@ class HttpConnection:
             )
             if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
                 with contextlib.suppress(Exception):
-                    await self._respond_error(500, "Internal error in llmux", close=True)
+                    await self._respond_error(
+                        LlmuxError(ErrorKind.INTERNAL, "Internal error in llmux"), close=True
+                    )
         finally:
             await trio.aclose_forcefully(self.stream)
 
@@ -436,7 +419,11 @@ class HttpConnection:
                 self.frontend._idle.discard(idle)
             if idle.cancelled_caught:
                 if self.conn.trailing_data[0] and not self.frontend.closing:
-                    await self._answer_and_close(408, "Timed out reading the request headers")
+                    await self._answer_and_close(
+                        LlmuxError(
+                            ErrorKind.CLIENT_TOO_SLOW, "Timed out reading the request headers"
+                        )
+                    )
                 return False
         else:
             # Pipelined, so already here. Writes to the client do not yield (see _SocketIO):
@@ -462,19 +449,16 @@ class HttpConnection:
     async def _answer_protocol_error(self, exc: h11.RemoteProtocolError) -> None:
         if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
-        await self._answer_and_close(exc.error_status_hint or 400, f"Malformed HTTP request: {exc}")
+        kind = _PROTOCOL_ERRORS.get(exc.error_status_hint, ErrorKind.BAD_REQUEST)
+        await self._answer_and_close(LlmuxError(kind, f"Malformed HTTP request: {exc}"))
 
-    async def _answer_and_close(self, status: int, message: str) -> None:
-        """Answer a request that h11 never parsed (garbled, or never finished)."""
-        try:
-            # h11 only responds to a request it has seen, and the old connection refuses to
-            # send after an error: give a fresh one a stand-in request.
-            self.conn = h11.Connection(h11.SERVER)
-            self.conn.receive_data(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
-            self.conn.next_event()
-            await self._respond_error(status, message, close=True)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError):
-            pass
+    async def _answer_and_close(self, error: LlmuxError) -> None:
+        """Answer a request that h11 never parsed (garbled, or never finished), on this same
+        connection: h11 lets a server send a response from IDLE, after the client's error."""
+        with contextlib.suppress(
+            ClientGone, trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError
+        ):
+            await self._respond_error(error, close=True)
 
     # ---- requests ----------------------------------------------------------------------------
 
@@ -491,16 +475,20 @@ class HttpConnection:
                 with trio.move_on_after(self.limits.body_timeout_secs) as waiting:
                     event = await self._next_event()
                 if waiting.cancelled_caught:
-                    raise HttpError(408, "Timed out reading the request body")
+                    raise LlmuxError(
+                        ErrorKind.CLIENT_TOO_SLOW, "Timed out reading the request body"
+                    )
             if isinstance(event, h11.Data):
                 size += len(event.data)
                 if size > limit:
-                    raise HttpError(413, f"Request body larger than {limit} bytes")
+                    raise LlmuxError(
+                        ErrorKind.BODY_TOO_LARGE, f"Request body larger than {limit} bytes"
+                    )
                 chunks.append(bytes(event.data))
             elif isinstance(event, h11.EndOfMessage):
                 return b"".join(chunks)
             elif isinstance(event, h11.ConnectionClosed):
-                raise trio.BrokenResourceError("client closed the connection mid-body")
+                raise ClientGone("client closed the connection mid-body")
 
     async def _handle(self, request: h11.Request) -> None:
         path = request.target.split(b"?", 1)[0]
@@ -509,21 +497,24 @@ class HttpConnection:
         headers = list(request.headers)
         try:
             if len(headers) > self.limits.max_headers:
-                raise HttpError(431, f"More than {self.limits.max_headers} request headers")
+                raise LlmuxError(
+                    ErrorKind.HEADERS_TOO_LARGE,
+                    f"More than {self.limits.max_headers} request headers",
+                )
             # h11 bounds only a head that arrives in pieces; one that came whole is measured here.
             head_size = len(request.target) + sum(len(n) + len(v) + 4 for n, v in headers)
             if head_size > self.limits.max_header_bytes:
-                raise HttpError(
-                    431, f"Request headers larger than {self.limits.max_header_bytes} bytes"
+                raise LlmuxError(
+                    ErrorKind.HEADERS_TOO_LARGE,
+                    f"Request headers larger than {self.limits.max_header_bytes} bytes",
                 )
             if self.frontend.api_keys and path not in _OPEN_PATHS:
                 presented = presented_key(headers)
                 if not key_is_valid(presented, self.frontend.api_keys):
                     why = "Invalid API key" if presented is not None else "Missing API key"
-                    raise HttpError(
-                        401,
+                    raise LlmuxError(
+                        ErrorKind.UNAUTHENTICATED,
                         f"{why}: send `Authorization: Bearer KEY` or `x-api-key: KEY`",
-                        "authentication_error",
                     )
             body = await self._read_body()
             if method == b"GET" and path == b"/v1/models":
@@ -540,17 +531,16 @@ class HttpConnection:
                 await self._llmux_api(request, path, body)
             else:
                 await self._proxy(request, headers, body)
-        except HttpError as exc:
+        except LlmuxError as exc:
             # A refused body was not read to its end, so the connection cannot be reused.
-            close = self.conn.their_state is not h11.DONE
-            await self._respond_error(exc.status, exc.message, close=close, kind=exc.kind)
+            await self._respond_error(exc, close=self.conn.their_state is not h11.DONE)
 
     # ---- /llmux/: see and steer ---------------------------------------------------------------
 
     async def _llmux_api(self, request: h11.Request, path: bytes, body: bytes) -> None:
         scheduler = self.frontend.scheduler
         if scheduler is None:
-            raise HttpError(404, "The control API is not available here")
+            raise LlmuxError(ErrorKind.NOT_FOUND, "The control API is not available here")
         method = request.method
         route = path.decode("ascii", "replace").removeprefix("/llmux").strip("/").split("/")
         if route == [""] and method == b"GET":
@@ -564,17 +554,19 @@ class HttpConnection:
             await self._stream_events()
         elif len(route) == 3 and route[0] == "models" and route[2] in ("wake", "sleep"):
             if method != b"POST":
-                raise HttpError(405, f"Use POST for /llmux/models/NAME/{route[2]}")
+                raise LlmuxError(
+                    ErrorKind.METHOD_NOT_ALLOWED, f"Use POST for /llmux/models/NAME/{route[2]}"
+                )
             model = route[1]
             if model not in self.frontend.models:
-                raise HttpError(404, f"Model not found: {model}")
+                raise LlmuxError(ErrorKind.MODEL_NOT_FOUND, f"Model not found: {model}")
             command = control.wake if route[2] == "wake" else control.sleep
             answer = await command(scheduler, model, _wait_secs(request.target))
             await self._respond(answer[0], msgspec.json.encode(answer[1]))
         elif route == ["pin"] and method == b"POST":
             model = extract_model(body)
             if model not in self.frontend.models:
-                raise HttpError(404, f"Model not found: {model}")
+                raise LlmuxError(ErrorKind.MODEL_NOT_FOUND, f"Model not found: {model}")
             answer = await control.pin(scheduler, model, _wait_secs(request.target))
             await self._respond(answer[0], msgspec.json.encode(answer[1]))
         elif route == ["unpin"] and method == b"POST":
@@ -582,7 +574,9 @@ class HttpConnection:
             await self._respond(answer[0], msgspec.json.encode(answer[1]))
         else:
             where = path.decode("ascii", "replace")
-            raise HttpError(404, f"Not found: {method.decode('ascii', 'replace')} {where}")
+            raise LlmuxError(
+                ErrorKind.NOT_FOUND, f"Not found: {method.decode('ascii', 'replace')} {where}"
+            )
 
     async def _stream_events(self) -> None:
         """Server-Sent Events: the journal so far, then each transition as it happens."""
@@ -620,7 +614,7 @@ class HttpConnection:
         model = extract_model(body)
         actor = self.frontend.models.get(model)
         if actor is None:
-            raise HttpError(404, f"Model not found: {model}")
+            raise LlmuxError(ErrorKind.MODEL_NOT_FOUND, f"Model not found: {model}")
         started = trio.current_time()
         req_id = self.frontend.next_request_id()
         ticket = actor.acquire(req_id)
@@ -631,10 +625,9 @@ class HttpConnection:
                 nonlocal status
                 outcome = await ticket.wait()
                 if isinstance(outcome, Reject):
-                    status = _REJECT_STATUS[outcome.reason]
-                    full = outcome.reason is RejectReason.QUEUE_FULL
-                    extra = [QUEUE_FULL_RETRY_AFTER] if full else []
-                    await self._respond_error(status, outcome.detail, extra=extra)
+                    error = LlmuxError.from_reject(outcome)
+                    status = error.status
+                    await self._respond_error(error)
                     return
                 status = await self._forward(request, headers, body, actor, req_id)
 
@@ -691,8 +684,8 @@ class HttpConnection:
                 actor.unreachable(req_id, str(exc))
             if self.conn.our_state is not h11.SEND_RESPONSE:
                 # Headers are out: the only honest signal left is to cut the connection.
-                raise trio.BrokenResourceError(f"backend broke mid-response: {exc}") from exc
-            await self._respond_error(502, f"Backend error: {exc}")
+                raise CutConnection(f"backend broke mid-response: {exc}") from exc
+            await self._respond_error(LlmuxError(ErrorKind.BACKEND_ERROR, f"Backend error: {exc}"))
             return 502
 
     async def _while_client_connected(self, work: Callable[[], Awaitable[None]]) -> None:
@@ -707,7 +700,7 @@ class HttpConnection:
         finally:
             self._watch = None
         if scope.cancelled_caught and self.conn.our_state is not h11.DONE:
-            raise trio.BrokenResourceError("client went away")
+            raise ClientGone("client went away")
 
 
 def _now() -> float:
@@ -727,7 +720,9 @@ def _wait_secs(target: bytes) -> float | None:
             try:
                 return max(0.0, float(value))
             except ValueError:
-                raise HttpError(400, "`wait` must be a number of seconds") from None
+                raise LlmuxError(
+                    ErrorKind.BAD_REQUEST, "`wait` must be a number of seconds"
+                ) from None
     return None
 
 

@@ -195,3 +195,27 @@ async def test_keep_alive_pipelining_continue_and_chunked_uploads(tmp_path: Path
             b"HTTP/1.1 400 ",
         ]
         assert (await rig.chat("a")).status_code == 200
+
+
+def _create_with_default_retries(url: str, model: str) -> openai.APIStatusError:
+    # The SDK's defaults: two retries of 5xx with a short backoff, unless x-should-retry says no.
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
+    try:
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+    except openai.APIStatusError as exc:
+        return exc
+    raise AssertionError("the request should have failed")
+
+
+async def test_the_openai_sdk_does_not_retry_a_failed_wake(tmp_path: Path) -> None:
+    async with running(tmp_path) as rig:
+        rig.fail_wake("a")
+        error = await trio.to_thread.run_sync(_create_with_default_retries, rig.url, "a")
+        assert error.status_code == 500
+        assert error.response.headers["x-should-retry"] == "false"
+        # One create(), one wake: the SDK's two retries would have run the hook three times.
+        await rig.hooks_become(["a:wake", "a:sleep"])
+        missing = await trio.to_thread.run_sync(_create_with_default_retries, rig.url, "nope")
+        assert missing.status_code == 404
+        assert missing.response.headers["x-should-retry"] == "false"
+        assert await rig.metric("llmux_requests_total", model="nope", status="404") == 0

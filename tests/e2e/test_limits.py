@@ -76,6 +76,8 @@ async def test_a_full_queue_answers_503_with_retry_after(tmp_path: Path) -> None
         assert statuses == [200, 200, 503, 503, 503]
         refused = [reply for reply in replies if reply.status_code == 503]
         assert all(reply.headers["retry-after"] == "5" for reply in refused)
+        # A retry later will find room: the OpenAI SDKs are told they may retry.
+        assert all(reply.headers["x-should-retry"] == "true" for reply in refused)
         assert "max_queue 2" in refused[0].json()["error"]["message"]
         # Once active, the model admits any number of requests: the bound is on waiting.
         async with trio.open_nursery() as nursery:

@@ -230,9 +230,10 @@ def test_a_failed_health_probe_takes_the_model_out_of_service_after_draining() -
 
 
 def test_every_reason_to_refuse_a_request_has_an_http_status() -> None:
-    from llmux.server import _REJECT_STATUS
+    from llmux.errors import ERRORS, REJECTION
 
-    assert set(_REJECT_STATUS) == set(RejectReason)
+    assert set(REJECTION) == set(RejectReason)
+    assert all(kind in ERRORS for kind in REJECTION.values())
 
 
 # ---- max_in_flight ---------------------------------------------------------------------------
