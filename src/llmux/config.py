@@ -8,6 +8,9 @@ constructor, which refuses the ones it does not take.
 
 from __future__ import annotations
 
+import difflib
+import inspect
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,7 +18,7 @@ from typing import Annotated, Any
 import msgspec
 
 from llmux.core.messages import Hook
-from llmux.policies import PolicyLoadError, build_policy
+from llmux.policies import PolicyLoadError, build_policy, resolve_policy_class
 
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 ListenPort = Annotated[int, msgspec.Meta(ge=0, le=65535)]
@@ -81,6 +84,24 @@ class PolicySettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     min_active_secs: Seconds = 0.0
 
 
+def default_state_dir() -> str:
+    """`$XDG_STATE_HOME/llmux`, else `~/.local/state/llmux`: where the XDG base directory
+    spec puts state that should outlive a restart (a pid file the next llmux reads) but is
+    not worth backing up."""
+    xdg = os.environ.get("XDG_STATE_HOME", "")
+    # The spec says to ignore a relative XDG_STATE_HOME.
+    base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".local" / "state"
+    return str(base / "llmux")
+
+
+def resolve_state_dir(value: str | None, base_dir: str) -> str:
+    """The absolute state directory of a `state_dir` field (None: the default); a relative
+    path is relative to the config file's directory, like the hooks' working directory."""
+    if value is None:
+        return default_state_dir()
+    return os.path.abspath(os.path.join(base_dir, os.path.expanduser(value)))
+
+
 class _RawConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # Validated model by model below, so an error can name the model.
     models: dict[ModelName, dict[str, Any]]
@@ -92,6 +113,11 @@ class _RawConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     limits: Limits = Limits()
     # A model to wake at start-up (unless another one is found awake and adopted).
     preload: str | None = None
+    # Where hooks keep their state (pid files, sockets), as LLMUX_STATE_DIR; null: the XDG
+    # default (see default_state_dir).
+    state_dir: Annotated[str, msgspec.Meta(min_length=1)] | None = None
+    # One JSON line per finished request; false silences them.
+    log_requests: bool = True
 
 
 class Config(msgspec.Struct, frozen=True):
@@ -104,8 +130,12 @@ class Config(msgspec.Struct, frozen=True):
     api_keys: list[str] = []
     limits: Limits = Limits()
     preload: str | None = None
-    # Hooks run here, so a relative path in a hook means "next to the config file".
+    log_requests: bool = True
+    # Hooks run here, so a relative path in a hook means "next to the config file"; policy
+    # modules (`policy.type: "module:Class"`) are imported from here first, likewise.
     base_dir: str = "."
+    # Absolute; created at start-up and given to every hook as LLMUX_STATE_DIR.
+    state_dir: str = msgspec.field(default_factory=default_state_dir)
 
 
 _DECODERS = {
@@ -113,23 +143,33 @@ _DECODERS = {
     ".yaml": msgspec.yaml.decode,
     ".yml": msgspec.yaml.decode,
     ".toml": msgspec.toml.decode,
+    # No extension at all (`/dev/stdin`, `<(generate-config)`) has always meant JSON.
+    "": msgspec.json.decode,
 }
 
 
 def load_config(path: str | Path) -> Config:
     path = Path(path)
+    decode = _DECODERS.get(path.suffix.lower())
+    if decode is None:
+        # Parsing `llmux.conf` as JSON would blame its syntax for a format it never claimed.
+        raise ConfigError(
+            f"{path}: unknown config file extension {path.suffix!r}: use .json, .yaml/.yml or .toml"
+        )
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror}") from exc
-    decode = _DECODERS.get(path.suffix.lower(), msgspec.json.decode)
     try:
         raw = decode(data, type=_RawConfig)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"{path}: {_with_field(str(exc))}") from exc
     except msgspec.DecodeError as exc:
+        # msgspec hands YAML bytes, not the file, to the parser, which then places the error
+        # `in "<byte string>"`; name the file instead.
+        detail = str(exc).replace("<byte string>", str(path))
         # YAML's parser explains itself over several lines; the CLI promises one.
-        detail = " ".join(str(exc).split())
+        detail = " ".join(detail.split())
         kind = path.suffix.lstrip(".").upper() or "JSON"
         raise ConfigError(f"{path}: not valid {kind}: {detail}") from exc
     return build_config(raw, base_dir=str(path.resolve().parent), origin=str(path))
@@ -160,17 +200,17 @@ def build_config(raw: _RawConfig, *, base_dir: str, origin: str) -> Config:
             )
     if raw.preload is not None and raw.preload not in models:
         raise ConfigError(f"{origin}: preload: {raw.preload!r} is not a configured model")
-    known = set(PolicySettings.__struct_fields__)
-    settings_part = {k: v for k, v in raw.policy.items() if k in known}
-    options = {k: v for k, v in raw.policy.items() if k not in known}
+    _check_ports(models, raw.port, origin)
+    settings, options = _policy_settings(raw.policy, origin)
     try:
-        settings = msgspec.convert(settings_part, type=PolicySettings)
-    except msgspec.ValidationError as exc:
-        raise ConfigError(f"{origin}: {_with_field(str(exc), prefix='policy')}") from exc
+        cls = resolve_policy_class(settings.type, search_path=base_dir)
+    except PolicyLoadError as exc:
+        raise ConfigError(f"{origin}: policy.type: {exc}") from exc
+    _check_policy_options(cls, options, origin)
     try:
         # Built once here, only to check it: options it refuses are a config error, not a
         # traceback at start-up. (The app builds its own instance; policies may keep state.)
-        build_policy(settings.type, options)
+        build_policy(settings.type, options, search_path=base_dir)
     except PolicyLoadError as exc:
         raise ConfigError(f"{origin}: policy.type: {exc}") from exc
     return Config(
@@ -183,7 +223,91 @@ def build_config(raw: _RawConfig, *, base_dir: str, origin: str) -> Config:
         api_keys=raw.api_keys,
         limits=raw.limits,
         preload=raw.preload,
+        log_requests=raw.log_requests,
         base_dir=base_dir,
+        state_dir=resolve_state_dir(raw.state_dir, base_dir),
+    )
+
+
+def check_listen_port(config: Config, port: int) -> None:
+    """Refuse a listen port (`--port`) that a model already uses: llmux would proxy to itself,
+    or one of the two could not listen. Port 0 (any free one) never collides."""
+    for name, model in config.models.items():
+        if port != 0 and model.port == port:
+            raise ConfigError(f"--port {port}: models.{name}.port is {port} too")
+
+
+def _check_ports(models: dict[str, ModelConfig], listen_port: int, origin: str) -> None:
+    """Two models on one port, or a model on llmux's own, would be proxied to the wrong
+    process (or to llmux itself); only one of them could ever be listening."""
+    owner: dict[int, str] = {}
+    for name, model in models.items():
+        if model.port in owner:
+            raise ConfigError(
+                f"{origin}: models.{name}.port: {model.port} is also "
+                f"models.{owner[model.port]}.port"
+            )
+        owner[model.port] = name
+    if listen_port in owner:
+        raise ConfigError(
+            f"{origin}: models.{owner[listen_port]}.port: {listen_port} is also llmux's own `port`"
+        )
+
+
+def _policy_settings(policy: dict[str, Any], origin: str) -> tuple[PolicySettings, dict[str, Any]]:
+    """Split the `policy` block into llmux's own fields and the policy's constructor options."""
+    known = set(PolicySettings.__struct_fields__)
+    settings_part = {k: v for k, v in policy.items() if k in known}
+    options = {k: v for k, v in policy.items() if k not in known}
+    try:
+        settings = msgspec.convert(settings_part, type=PolicySettings)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{origin}: {_with_field(str(exc), prefix='policy')}") from exc
+    return settings, options
+
+
+def _check_policy_options(cls: type[Any], options: dict[str, Any], origin: str) -> None:
+    """Name an option the policy's constructor cannot take, with the closest valid name.
+
+    The constructor's own TypeError ("takes no arguments") names neither the option nor
+    what was meant, and the likeliest mistake is a misspelt field of `policy` itself, which
+    lands here because llmux hands every key it does not know to the policy.
+    """
+    params = _keyword_parameters(cls)
+    if params is None:
+        return  # **kwargs, or no signature to read: let the constructor judge, as before
+    for option in options:
+        if option not in params:
+            detail = _unknown_option_detail(option, cls.__name__, params)
+            raise ConfigError(f"{origin}: policy.{option}: unknown option; {detail}")
+
+
+def _keyword_parameters(cls: type[Any]) -> list[str] | None:
+    """The keyword arguments `cls(...)` takes, or None when it takes any (or cannot tell)."""
+    try:
+        signature = inspect.signature(cls)
+    except (TypeError, ValueError):
+        return None
+    kinds = {inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY}
+    params = signature.parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return [p.name for p in params if p.kind in kinds]
+
+
+def _unknown_option_detail(option: str, class_name: str, params: list[str]) -> str:
+    fields = list(PolicySettings.__struct_fields__)
+    close = difflib.get_close_matches(option, [*fields, *params], n=1)
+    if close and close[0] in params:
+        return f"did you mean `{close[0]}`? (an option of {class_name}'s constructor)"
+    if close:
+        return (
+            f"did you mean `{close[0]}`? (a field of `policy`, not an option of "
+            f"{class_name}'s constructor)"
+        )
+    takes = ", ".join(params) or "no options"
+    return (
+        f"{class_name}'s constructor takes {takes}; the fields of `policy` are {', '.join(fields)}"
     )
 
 

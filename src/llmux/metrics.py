@@ -115,6 +115,18 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        self.model_state = Gauge(
+            "llmux_model_state",
+            "1 for the lifecycle state each model is in, 0 for its other states",
+            ["model", "state"],
+            registry=r,
+        )
+        self.policy_errors = Counter(
+            "llmux_policy_errors",
+            "Policy calls that raised or answered no decision (FIFO decided that call instead)",
+            ["policy", "where"],
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -38,9 +38,10 @@ drain-before-switch and min-active come from the config's ``policy`` block.
 Policies
 --------
 ``--policy TYPE`` (repeatable) is a built-in name or ``module:Class`` (imported with the
-current directory on the path). The config's policy options are passed when TYPE is the
-config's own policy type; other policies get their defaults. Without ``--policy``: the
-config's policy, then every built-in one.
+config file's directory first on the path, as ``llmux run`` imports ``policy.type``). The
+config's policy options are passed when TYPE is the config's own policy type; other
+policies get their defaults. Without ``--policy``: the config's policy, then every built-in
+one.
 
 Measures (per workload and policy)
 ----------------------------------
@@ -76,7 +77,7 @@ from typing import Annotated, Any
 import msgspec
 
 from llmux.argtypes import positive_int
-from llmux.core.messages import Hook, Reject
+from llmux.core.messages import Hook, PolicyError, Reject
 from llmux.core.policy import PendingContext, PolicyDecision, ScheduleContext, SwitchPolicy
 from llmux.core.world import HookScript, Settings, World
 from llmux.policies import BUILTIN, PolicyLoadError, build_policy
@@ -341,10 +342,16 @@ class PolicySpec(msgspec.Struct, frozen=True):
     factory: Callable[[], SwitchPolicy]
 
     @classmethod
-    def from_type(cls, type_name: str, options: Mapping[str, Any] | None = None) -> PolicySpec:
-        """A built-in name or `module:Class`; fails now (PolicyLoadError) rather than later."""
+    def from_type(
+        cls,
+        type_name: str,
+        options: Mapping[str, Any] | None = None,
+        search_path: str | os.PathLike[str] | None = None,
+    ) -> PolicySpec:
+        """A built-in name or `module:Class` (imported from `search_path` first, as the
+        config's directory); fails now (PolicyLoadError) rather than later."""
         opts = dict(options or {})
-        build_policy(type_name, opts)  # validate the type and its options up front
+        build_policy(type_name, opts, search_path)  # validate the type and its options up front
         return cls(type_name, lambda: build_policy(type_name, dict(opts)))
 
 
@@ -371,16 +378,21 @@ class _Guarded:
         self.tick_interval_secs = inner.tick_interval_secs
         self._instant = -math.inf
         self._calls = 0
+        # What the policy last did wrong. The scheduler contains a broken policy (as the
+        # server must), so the simulation learns of it from the PolicyError effect, and then
+        # stops with this error: a policy author wants the bug, not a FIFO fallback.
+        self.failure: SimulationError | None = None
 
     def _count(self, now: float) -> None:
         if now != self._instant:
             self._instant, self._calls = now, 0
         self._calls += 1
         if self._calls > MAX_DECISIONS_PER_INSTANT:
-            raise SimulationError(
+            self.failure = SimulationError(
                 f"policy {self.label!r} was asked {MAX_DECISIONS_PER_INSTANT} times at "
                 f"t={now:.3f}s without time passing (does it Defer by 0 s?)"
             )
+            raise self.failure
 
     def on_pending(self, ctx: PendingContext) -> PolicyDecision:
         self._count(ctx.now)
@@ -397,9 +409,17 @@ class _Guarded:
             raise self._failed("on_tick", ctx.now, exc) from exc
 
     def _failed(self, where: str, now: float, exc: Exception) -> SimulationError:
-        return SimulationError(
+        self.failure = SimulationError(
             f"policy {self.label!r} raised in {where} at t={now:.3f}s: {type(exc).__name__}: {exc}"
         )
+        self.failure.__cause__ = exc
+        return self.failure
+
+    def error_for(self, effect: PolicyError) -> SimulationError:
+        """The error to stop the simulation with, for a PolicyError the scheduler reported."""
+        if self.failure is not None:
+            return self.failure
+        return SimulationError(f"policy {self.label!r} at t={effect.at:.3f}s: {effect.detail}")
 
 
 # ---- running ---------------------------------------------------------------------------------
@@ -491,11 +511,15 @@ def _run_one(
     started = time.perf_counter()
     rejected_at: dict[int, float] = {}
 
+    guard = _Guarded(spec.label, spec.factory())
+
     def on_effect(effect: object) -> None:
         if type(effect) is Reject:
             rejected_at[effect.req_id] = world.now
+        elif type(effect) is PolicyError:
+            raise guard.error_for(effect)
 
-    world = World(hooks, _Guarded(spec.label, spec.factory()), settings, on_effect=on_effect)
+    world = World(hooks, guard, settings, on_effect=on_effect)
     for request in workload.requests:
         req_id = world.submit(request.model, request.at, request.service)
         if request.cancel_after is not None:
@@ -634,8 +658,9 @@ hook durations: --hook-secs WAKE,SLEEP for every model, --hook-secs MODEL=WAKE,S
   from the config's policy block.
 
 policies: --policy TYPE (repeatable), a built-in ({builtins}) or module:Class
-  (imported with the current directory on the path). The config's policy options
-  go to the config's own policy type. Default: the config's policy and every built-in.
+  (imported with the config file's directory first on the path). The config's
+  policy options go to the config's own policy type. Default: the config's policy
+  and every built-in.
 
 measures: switches counts wake hooks (cold start included); switching is time
   spent in hooks; busy is the share of the makespan (first arrival to last
@@ -784,7 +809,7 @@ def main(args: argparse.Namespace) -> int:
 
     try:
         workloads = _workloads(args, config_models)
-        specs = _policies(args.policy, config.policy.type, config.policy_options)
+        specs = _policies(args.policy, config.policy.type, config.policy_options, config.base_dir)
     except (TraceError, PolicyLoadError) as exc:
         return _fail(str(exc))
 
@@ -856,12 +881,15 @@ def _workloads(args: argparse.Namespace, config_models: list[str]) -> list[Workl
 
 
 def _policies(
-    requested: list[str], config_type: str, config_options: Mapping[str, Any]
+    requested: list[str], config_type: str, config_options: Mapping[str, Any], config_dir: str
 ) -> list[PolicySpec]:
     types = list(dict.fromkeys(requested or [config_type, *BUILTIN]))
-    if any(":" in t for t in types) and os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    return [PolicySpec.from_type(t, config_options if t == config_type else None) for t in types]
+    # The config's directory, not the current one: `--policy mod:Class` must find the
+    # module `llmux run` would find for `policy.type: "mod:Class"` in the same config.
+    return [
+        PolicySpec.from_type(t, config_options if t == config_type else None, config_dir)
+        for t in types
+    ]
 
 
 def _hooks(models: list[str], overrides: list[HookOverride]) -> dict[str, HookScript]:

@@ -2,20 +2,30 @@
 
 Each model's lifecycle is printed as its cycle of states with the current one in brackets,
 followed by its queue and in-flight counts; then the scheduler's switch sequence the same
-way, its last decision, the switch-cost estimates and the last transitions.
+way, its last decision, the switch-cost estimates and the last transitions. With `--watch`
+the picture is fetched and printed again every few seconds until Ctrl-C.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TextIO
 
 import httpx
 
 LIFECYCLE_ORDER = ["Sleeping", "Waking", "Active", "Draining", "SleepingDown"]
+DEFAULT_WATCH_SECS = 2.0
+# Cursor home, then erase the screen: each frame replaces the last instead of scrolling.
+CLEAR_SCREEN = "\x1b[H\x1b[2J"
+
+
+class StatusError(Exception):
+    """llmux could not be reached or refused: one line for stderr."""
 
 
 def _cycle(states: list[str], current: str | None) -> str:
@@ -68,29 +78,97 @@ def render(status: dict[str, Any], url: str, now: float | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _watch_secs(text: str) -> float:
+    """argparse type of `--watch SECONDS`."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
+    return value
+
+
 def add_parser(commands: Any) -> None:
     status = commands.add_parser("status", help="show what a running llmux is doing")
     status.add_argument(
-        "--url", default="http://127.0.0.1:3000", help="llmux's address (default %(default)s)"
+        "--url",
+        default="http://127.0.0.1:3000",
+        help="llmux's address; http:// is assumed without a scheme (default %(default)s)",
     )
     status.add_argument("--key", help="API key (default: $LLMUX_API_KEY)")
     status.add_argument("--json", action="store_true", help="print the raw /llmux/status JSON")
+    status.add_argument(
+        "--watch",
+        nargs="?",
+        const=DEFAULT_WATCH_SECS,
+        type=_watch_secs,
+        metavar="SECONDS",
+        help=f"refresh every SECONDS (default {DEFAULT_WATCH_SECS:g}) until Ctrl-C",
+    )
 
 
-def main(args: argparse.Namespace) -> int:
-    url = args.url.rstrip("/")
-    key = args.key or os.environ.get("LLMUX_API_KEY")
-    headers = {"authorization": f"Bearer {key}"} if key else {}
+def normalize_url(url: str) -> str:
+    """`127.0.0.1:3000` means http://127.0.0.1:3000, as curl reads it; no trailing slash."""
+    url = url.strip().rstrip("/")
+    # Not urlsplit: it reads `localhost:3000` as scheme `localhost`.
+    return url if "://" in url else f"http://{url}"
+
+
+def fetch_frame(url: str, headers: dict[str, str], as_json: bool) -> str:
+    """One picture of llmux at `url`, as printed; StatusError when it cannot be had."""
     try:
         reply = httpx.get(f"{url}/llmux/status", headers=headers, timeout=10)
     except httpx.HTTPError as exc:
-        print(f"llmux status: cannot reach {url}: {exc}", file=sys.stderr)
-        return 1
+        raise StatusError(f"cannot reach {url}: {exc}") from exc
     if reply.status_code != 200:
-        print(f"llmux status: {url} answered {reply.status_code}: {reply.text}", file=sys.stderr)
+        raise StatusError(f"{url} answered {reply.status_code}: {reply.text}")
+    return reply.text + "\n" if as_json else render(reply.json(), url)
+
+
+def watch(
+    fetch: Callable[[], str],
+    interval: float,
+    *,
+    out: TextIO,
+    clear: bool,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
+    """Print a fresh frame every `interval` seconds until Ctrl-C, then exit 0.
+
+    A failed fetch becomes that frame's text and watching goes on, as `watch(1)` does:
+    llmux restarting should not end the view.
+    """
+    try:
+        while True:
+            try:
+                frame = fetch()
+            except StatusError as exc:
+                frame = f"llmux status: {exc}\n"
+            # Only a terminal understands the escape; in a pipe or a file frames follow
+            # one another, a blank line apart.
+            out.write(CLEAR_SCREEN + frame if clear else frame + "\n")
+            out.flush()
+            sleep(interval)
+    except KeyboardInterrupt:
+        # Ctrl-C is how a watch ends: a clean exit, not a traceback.
+        return 0
+
+
+def main(args: argparse.Namespace) -> int:
+    url = normalize_url(args.url)
+    key = args.key or os.environ.get("LLMUX_API_KEY")
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    if args.watch is not None:
+        return watch(
+            lambda: fetch_frame(url, headers, args.json),
+            args.watch,
+            out=sys.stdout,
+            clear=sys.stdout.isatty(),
+        )
+    try:
+        sys.stdout.write(fetch_frame(url, headers, args.json))
+    except StatusError as exc:
+        print(f"llmux status: {exc}", file=sys.stderr)
         return 1
-    if args.json:
-        sys.stdout.write(reply.text + "\n")
-    else:
-        sys.stdout.write(render(reply.json(), url))
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -12,16 +13,23 @@ from llmux.core.messages import (
     Anomaly,
     Hook,
     ModelReport,
+    PolicyError,
     Reject,
     RejectReason,
     SwitchFinished,
     SwitchStarted,
     Transition,
 )
+from llmux.core.model import ACTIVE, DRAINING, SLEEPING, SLEEPING_DOWN, WAKING
 from llmux.hooks import HookOutcome
 from llmux.journal import Journal
 from llmux.logs import log_event
 from llmux.metrics import IDLE, Metrics
+
+# Every ModelLifecycle state, each exported per model as `llmux_model_state` (0 or 1).
+MODEL_STATES = (SLEEPING, WAKING, ACTIVE, DRAINING, SLEEPING_DOWN)
+# The policy calls a PolicyError can come from (its `where`).
+POLICY_CALLS = ("on_pending", "on_tick")
 
 
 class Telemetry:
@@ -34,6 +42,39 @@ class Telemetry:
         self._queue_wait: dict[str, Histogram] = {}
         self._finished: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
         self._reported: dict[str, tuple[Gauge, Gauge]] = {}
+        self._states: dict[str, dict[str, Gauge]] = {}
+
+    def declare_models(self, models: Iterable[str], *, policy: str | None = None) -> None:
+        """Export every model's series from start-up, before anything has happened to it.
+
+        A series that appears only on its first event hides that event from `rate()` and
+        `increase()`, and an alert on "failures > 0" cannot tell "none yet" from "not
+        scraped": so the failure counters start at 0 and every model starts Sleeping (its
+        initial state; an adopted model's `adopt` transition follows at once).
+        """
+        names = list(models)
+        for model in names:
+            self._model_states(model)[SLEEPING].set(1)
+            for hook in Hook:
+                self.metrics.hook_failures.labels(model, hook.value)
+            self.metrics.model_deaths.labels(model)
+            # Only a wake fails a switch, so a failure is labelled with any other model, or
+            # `idle` (a cold start), as its `from`.
+            for source in [IDLE, *names]:
+                if source != model:
+                    self.metrics.switch_total.labels(source, model, "failure")
+        if policy is not None:
+            for where in POLICY_CALLS:
+                self.metrics.policy_errors.labels(policy, where)
+
+    def _model_states(self, model: str) -> dict[str, Gauge]:
+        """The model's `llmux_model_state` children, created at 0 on first use."""
+        states = self._states.get(model)
+        if states is None:
+            states = self._states[model] = {
+                state: self.metrics.model_state.labels(model, state) for state in MODEL_STATES
+            }
+        return states
 
     def transition(self, t: Transition) -> None:
         self.journal.record(t)
@@ -50,6 +91,10 @@ class Telemetry:
         )
         if t.machine != "ModelLifecycle":
             return
+        # Set every state, not just source and target: the gauge is then one-hot even for a
+        # model whose first transition this is (no declare_models, as in some tests).
+        for state, gauge in self._model_states(t.subject).items():
+            gauge.set(1 if state == t.target else 0)
         if t.event in ("woke", "adopt"):
             self._woke_at[t.subject] = t.at
             if t.event == "adopt":
@@ -167,6 +212,18 @@ class Telemetry:
             )
         else:
             log_event("switch_cancelled", f"switch {source} -> {target}: {s.detail}", **fields)
+
+    def policy_error(self, e: PolicyError) -> None:
+        self.metrics.policy_errors.labels(e.policy, e.where).inc()
+        log_event(
+            "policy_error",
+            f"policy {e.policy} failed in {e.where}: {e.detail}; "
+            "FIFO's decision was taken for that call",
+            level=logging.ERROR,
+            policy=e.policy,
+            where=e.where,
+            detail=e.detail,
+        )
 
     def anomaly(self, a: Anomaly) -> None:
         log_event("anomaly", f"{a.where}: {a.detail}", level=logging.ERROR, where=a.where)

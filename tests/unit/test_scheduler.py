@@ -165,7 +165,7 @@ def test_after_a_failed_wake_only_the_failed_model_backs_off() -> None:
     world.run()
     # b fails at 2.0 and its cleanup sleep ends at 2.5: a is woken then, not after b's 2 s
     # backoff (4.0); b itself is retried only once its backoff is over.
-    a_wake = [t for t, m, h in world.hook_runs if (m, h) == ("a", "wake")][0]
+    a_wake = next(t for t, m, h in world.hook_runs if (m, h) == ("a", "wake"))
     assert a_wake == 2.5
     assert world.requests[a].granted_at == 3.5
     b_retry = [t for t, m, h in world.hook_runs if (m, h) == ("b", "wake")][1]

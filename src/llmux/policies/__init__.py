@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from typing import Any
 
 from llmux.core.policy import SwitchPolicy
@@ -16,8 +18,16 @@ class PolicyLoadError(ValueError):
     pass
 
 
-def resolve_policy_class(type_name: str) -> type[Any]:
-    """A built-in name, or `package.module:ClassName` for a user's own policy."""
+PathLike = str | os.PathLike[str]
+
+
+def resolve_policy_class(type_name: str, search_path: PathLike | None = None) -> type[Any]:
+    """A built-in name, or `package.module:ClassName` for a user's own policy.
+
+    `search_path` (the config file's directory, for `llmux run` and `llmux simulate` alike)
+    is put first on `sys.path` before a `module:Class` is imported, so a policy file next to
+    the config loads without PYTHONPATH.
+    """
     if type_name in BUILTIN:
         return BUILTIN[type_name]
     if ":" not in type_name:
@@ -26,18 +36,41 @@ def resolve_policy_class(type_name: str) -> type[Any]:
             f"unknown policy type {type_name!r}: use one of {known} or 'module:Class'"
         )
     module_name, _, class_name = type_name.partition(":")
+    if search_path is not None:
+        _put_on_import_path(search_path)
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise PolicyLoadError(f"cannot import policy module {module_name!r}: {exc}") from exc
+        # Say where it looked: the usual fix is moving the file next to the config.
+        where = f" (searched {os.path.abspath(search_path)!r} first)" if search_path else ""
+        raise PolicyLoadError(f"cannot import policy module {module_name!r}{where}: {exc}") from exc
     cls = getattr(module, class_name, None)
     if not isinstance(cls, type):
         raise PolicyLoadError(f"module {module_name!r} has no class {class_name!r}")
     return cls
 
 
-def build_policy(type_name: str, options: dict[str, Any]) -> SwitchPolicy:
-    cls = resolve_policy_class(type_name)
+def _put_on_import_path(directory: PathLike) -> None:
+    """Put `directory` first on sys.path, for good.
+
+    Permanently rather than just around the import: a policy module may import its sibling
+    modules lazily (in its constructor or on its first decision, long after the config was
+    checked), and llmux builds the policy again when it starts serving; both must find what
+    the check found. That is also what Python does for a script's own directory. A directory
+    already on the path (PYTHONPATH, say) stays where the user put it.
+    """
+    entry = os.path.abspath(directory)
+    if entry not in sys.path:
+        sys.path.insert(0, entry)
+    # A module written after the interpreter started (or after an earlier failed import)
+    # may be missing from the finders' cached directory listings.
+    importlib.invalidate_caches()
+
+
+def build_policy(
+    type_name: str, options: dict[str, Any], search_path: PathLike | None = None
+) -> SwitchPolicy:
+    cls = resolve_policy_class(type_name, search_path)
     try:
         policy = cls(**options)
     except (TypeError, ValueError) as exc:

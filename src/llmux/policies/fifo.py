@@ -13,7 +13,9 @@ class FifoPolicy(BasePolicy):
     name = "fifo"
 
     def on_pending(self, ctx: PendingContext) -> PolicyDecision:
-        return SwitchNow(f"{ctx.target_queue_depth} waiting, oldest {ctx.oldest_waiting:.3f}s")
+        # No age of the oldest waiter: FIFO answers as soon as a request arrives, so it would
+        # read "oldest 0.000s" on nearly every decision (the wait is in the queue-wait metric).
+        return SwitchNow(f"{ctx.target_queue_depth} waiting")
 
     def starvation_bound(self, inputs: BoundInputs) -> float | None:
         """`N * C + max(C, failure_backoff)`, with C = `inputs.switch_cycle_secs()`; none
