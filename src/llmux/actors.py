@@ -43,7 +43,7 @@ from llmux.core.messages import (
 )
 from llmux.core.model import ACTIVE, ModelCore
 from llmux.core.scheduler import SchedulerCore
-from llmux.hooks import run_hook
+from llmux.hooks import HookRunner
 from llmux.telemetry import Telemetry
 
 # How many queued messages an actor handles before it reports to the scheduler: a burst of
@@ -82,13 +82,13 @@ class ModelActor:
         core: ModelCore,
         config: ModelConfig,
         *,
-        hook_cwd: str,
+        hooks: HookRunner,
         telemetry: Telemetry,
     ) -> None:
         self.core = core
         self.name = core.name
         self.config = config
-        self.hook_cwd = hook_cwd
+        self.hooks = hooks
         self.telemetry = telemetry
         # A message of None only asks the loop for a report (see `_handle_now`).
         self._send, self._receive = trio.open_memory_channel[Mail](math.inf)
@@ -214,18 +214,7 @@ class ModelActor:
                     self.telemetry.anomaly(effect)
 
     async def _run_hook(self, hook: Hook) -> None:
-        command, timeout = self.config.hook(hook)
-        if command is None:
-            # The config refuses health checks without an alive hook; never hang on it.
-            self.post(HookDone(hook, True, "no alive hook"))
-            return
-        outcome = await run_hook(
-            command,
-            model=self.name,
-            port=self.config.port,
-            cwd=self.hook_cwd,
-            timeout=timeout,
-        )
+        outcome = await self.hooks(self.name, hook)
         self.telemetry.hook_finished(self.name, hook, outcome)
         self.post(HookDone(hook, outcome.ok, outcome.detail))
 

@@ -58,24 +58,25 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from llmux import app, logs
-    from llmux.config import ConfigError, load_config
+    from llmux.config import ConfigError, check_listen_port, load_config
 
     path = args.config or args.config_option or "config.json"
     try:
         config = load_config(path)
+        if args.port is not None:
+            if not 0 <= args.port <= 65535:
+                raise ConfigError(f"--port must be 0-65535, got {args.port}")
+            check_listen_port(config, args.port)
     except ConfigError as exc:
         print(f"llmux: config error: {exc}", file=sys.stderr)
         return 2
-    if args.port is not None and not 0 <= args.port <= 65535:
-        print(f"llmux: --port must be 0-65535, got {args.port}", file=sys.stderr)
-        return 2
     logs.configure(verbose=args.verbose)
     try:
-        trio.run(lambda: app.run(config, host=args.host, port=args.port))
-    except OSError as exc:
-        print(f"llmux: cannot listen: {exc}", file=sys.stderr)
-        return 1
-    return 0
+        return trio.run(lambda: app.run(config, host=args.host, port=args.port))
+    except app.ListenError as exc:
+        # Raised before anything ran (no probe, no hook): a usage error like a bad config.
+        print(f"llmux: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -17,6 +17,9 @@ import msgspec
 
 from llmux.core.messages import Reject, RejectReason
 
+# The status a request is recorded with when its client left first (nginx's convention).
+CLIENT_GONE = 499
+
 
 class ErrorKind(enum.Enum):
     BAD_REQUEST = enum.auto()

@@ -26,7 +26,7 @@ from llmux import control
 from llmux.actors import ModelActor, SchedulerActor
 from llmux.config import Limits
 from llmux.core.messages import Reject
-from llmux.errors import ClientGone, CutConnection, ErrorKind, LlmuxError
+from llmux.errors import CLIENT_GONE, ClientGone, CutConnection, ErrorKind, LlmuxError
 from llmux.logs import log_event
 from llmux.metrics import Metrics
 from llmux.status import build_status
@@ -36,7 +36,6 @@ from llmux.upstream import BackendUnreachable, UpstreamError, UpstreamPool
 RECEIVE_SIZE = 65536
 # Bytes of a pipelined next request we are willing to hold while answering this one.
 MAX_PIPELINED_BYTES = 64 * 1024
-CLIENT_GONE = 499  # nginx's status for "client closed the connection"
 
 JSON = (b"content-type", b"application/json")
 HTML = (b"content-type", b"text/html; charset=utf-8")
@@ -123,12 +122,39 @@ def forwardable(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]
     return [(n, v) for n, v in headers if n not in _NOT_FORWARDED and n not in listed]
 
 
+class ProxiedRequest:
+    """What became of one proxied request, for its log line, its metrics and a shutdown."""
+
+    __slots__ = (
+        "bytes_sent",
+        "duration",
+        "model",
+        "req_id",
+        "started",
+        "status",
+        "streamed",
+        "waited",
+    )
+
+    def __init__(self, req_id: int, model: str, started: float) -> None:
+        self.req_id = req_id
+        self.model = model
+        self.started = started
+        # Until an answer goes out, the request ends with its client gone (nginx's 499).
+        self.status = CLIENT_GONE
+        self.waited: float | None = None  # in llmux's queue, once granted or refused
+        self.bytes_sent = 0  # of the response body
+        self.streamed = False
+        self.duration = 0.0
+
+
 class Frontend:
     """Routes requests; shared by every connection."""
 
     def __init__(
         self,
         models: Mapping[str, ModelActor],
+        scheduler: SchedulerActor | None,
         pool: UpstreamPool,
         metrics: Metrics,
         telemetry: Telemetry,
@@ -141,10 +167,12 @@ class Frontend:
         self.metrics = metrics
         self.telemetry = telemetry
         self.limits = limits if limits is not None else Limits()
-        # Set by the app; the /llmux/ routes need it.
-        self.scheduler: SchedulerActor | None = None
+        # The /llmux/ routes need it (None: they answer 404).
+        self.scheduler = scheduler
         self.api_keys = [key.encode() for key in api_keys]
         self.closing = False
+        # Proxied requests not finished yet, so that a shutdown can say which it cut.
+        self.in_progress: dict[int, ProxiedRequest] = {}
         self._ids = itertools.count()
         self._idle: set[trio.CancelScope] = set()
         self.open_connections = 0
@@ -173,6 +201,22 @@ class Frontend:
 
     async def wait_all_closed(self) -> None:
         await self._all_closed.wait()
+
+    def cut_remaining(self, grace: float) -> int:
+        """Log each proxied request still running when the grace period is over (they are
+        about to be cut); returns how many."""
+        for request in self.in_progress.values():
+            log_event(
+                "request_cut",
+                f"request {request.req_id} for {request.model} cut by the shutdown after "
+                f"{grace:g}s of grace ({request.bytes_sent} bytes sent)",
+                level=logging.WARNING,
+                req_id=request.req_id,
+                model=request.model,
+                bytes=request.bytes_sent,
+                streamed=request.streamed,
+            )
+        return len(self.in_progress)
 
     async def handle_connection(self, stream: trio.abc.Stream) -> None:
         self.open_connections += 1
@@ -615,26 +659,28 @@ class HttpConnection:
         actor = self.frontend.models.get(model)
         if actor is None:
             raise LlmuxError(ErrorKind.MODEL_NOT_FOUND, f"Model not found: {model}")
-        started = trio.current_time()
         req_id = self.frontend.next_request_id()
+        progress = ProxiedRequest(req_id, model, trio.current_time())
         ticket = actor.acquire(req_id)
-        status = CLIENT_GONE
+        self.frontend.in_progress[req_id] = progress
         try:
 
             async def serve() -> None:
-                nonlocal status
                 outcome = await ticket.wait()
+                progress.waited = outcome.waited
                 if isinstance(outcome, Reject):
                     error = LlmuxError.from_reject(outcome)
-                    status = error.status
+                    progress.status = error.status
                     await self._respond_error(error)
                     return
-                status = await self._forward(request, headers, body, actor, req_id)
+                await self._forward(request, headers, body, actor, progress)
 
             await self._while_client_connected(serve)
         finally:
             actor.finish(req_id)
-            self.frontend.telemetry.request_finished(model, status, trio.current_time() - started)
+            del self.frontend.in_progress[req_id]
+            progress.duration = trio.current_time() - progress.started
+            self.frontend.telemetry.request_finished(progress)
 
     async def _forward(
         self,
@@ -642,9 +688,9 @@ class HttpConnection:
         request_headers: list[tuple[bytes, bytes]],
         body: bytes,
         actor: ModelActor,
-        req_id: int,
-    ) -> int:
-        """Relay the backend's response as it arrives; returns the status sent."""
+        progress: ProxiedRequest,
+    ) -> None:
+        """Relay the backend's response as it arrives, noting in `progress` what was sent."""
         headers = forwardable(request_headers)
         try:
             async with self.frontend.pool.request(
@@ -656,6 +702,8 @@ class HttpConnection:
                 if _has_length(response.headers):
                     length = _content_length(response.headers)
                     response_headers.append((b"content-length", length))
+                else:
+                    progress.streamed = True  # relayed as it comes (chunked, SSE)
                 head = h11.Response(
                     status_code=response.status_code,
                     headers=response_headers,
@@ -667,26 +715,31 @@ class HttpConnection:
                 out = [self.conn.send(head) or b""]
                 while True:
                     chunks, complete = response.ready_body()
-                    out.extend(self.conn.send(h11.Data(data=chunk)) or b"" for chunk in chunks)
+                    for chunk in chunks:
+                        progress.bytes_sent += len(chunk)
+                        out.append(self.conn.send(h11.Data(data=chunk)) or b"")
                     if complete:
                         out.append(self.conn.send(h11.EndOfMessage()) or b"")
                     data = b"".join(out)
                     if data:
                         await self.stream.send_all(data)
                     if complete:
-                        return response.status_code
+                        # Only now: a client that leaves mid-response is recorded as 499.
+                        progress.status = response.status_code
+                        return
                     out = []
                     await response.receive_more()
         except UpstreamError as exc:
             if isinstance(exc, BackendUnreachable):
                 # Nobody listens where an Active model should: let its core judge (it may
                 # take the model out of service, so that the next request wakes it again).
-                actor.unreachable(req_id, str(exc))
+                actor.unreachable(progress.req_id, str(exc))
             if self.conn.our_state is not h11.SEND_RESPONSE:
                 # Headers are out: the only honest signal left is to cut the connection.
                 raise CutConnection(f"backend broke mid-response: {exc}") from exc
-            await self._respond_error(LlmuxError(ErrorKind.BACKEND_ERROR, f"Backend error: {exc}"))
-            return 502
+            error = LlmuxError(ErrorKind.BACKEND_ERROR, f"Backend error: {exc}")
+            progress.status = error.status
+            await self._respond_error(error)
 
     async def _while_client_connected(self, work: Callable[[], Awaitable[None]]) -> None:
         """Run `work`, cancelling it the moment the client hangs up (the reader sees it)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -21,6 +21,7 @@ from llmux.core.messages import (
     Transition,
 )
 from llmux.core.model import ACTIVE, DRAINING, SLEEPING, SLEEPING_DOWN, WAKING
+from llmux.errors import CLIENT_GONE
 from llmux.hooks import HookOutcome
 from llmux.journal import Journal
 from llmux.logs import log_event
@@ -33,8 +34,12 @@ POLICY_CALLS = ("on_pending", "on_tick")
 
 
 class Telemetry:
-    def __init__(self, metrics: Metrics, journal: Journal | None = None) -> None:
+    def __init__(
+        self, metrics: Metrics, journal: Journal | None = None, *, log_requests: bool = True
+    ) -> None:
         self.metrics = metrics
+        # One log line per finished request (config `log_requests`).
+        self.log_requests = log_requests
         self.journal = journal if journal is not None else Journal()
         self._woke_at: dict[str, float] = {}
         # Children of labelled metrics, looked up once: `labels()` validates its arguments and
@@ -228,7 +233,8 @@ class Telemetry:
     def anomaly(self, a: Anomaly) -> None:
         log_event("anomaly", f"{a.where}: {a.detail}", level=logging.ERROR, where=a.where)
 
-    def request_finished(self, model: str, status: int, duration: float) -> None:
+    def request_finished(self, request: ProxiedRequestLike) -> None:
+        model, status = request.model, request.status
         children = self._finished.get((model, status))
         if children is None:
             label = str(status)
@@ -237,7 +243,39 @@ class Telemetry:
                 self.metrics.request_duration.labels(model, label),
             )
         children[0].inc()
-        children[1].observe(duration)
+        children[1].observe(request.duration)
+        if self.log_requests:
+            self._log_request(request)
+
+    @staticmethod
+    def _log_request(request: ProxiedRequestLike) -> None:
+        # A failure (5xx) or a client that left (499) is worth a look; the rest is traffic.
+        failed = request.status >= 500 or request.status == CLIENT_GONE
+        waited = request.waited
+        log_event(
+            "request",
+            f"{request.model} {request.status} in {request.duration:.3f}s",
+            level=logging.WARNING if failed else logging.INFO,
+            req_id=request.req_id,
+            model=request.model,
+            status=request.status,
+            queue_wait_secs=round(waited, 6) if waited is not None else None,
+            duration_secs=round(request.duration, 6),
+            bytes=request.bytes_sent,
+            streamed=request.streamed,
+        )
+
+
+class ProxiedRequestLike(Protocol):
+    """What `request_finished` reads of a request (llmux.server.ProxiedRequest)."""
+
+    req_id: int
+    model: str
+    status: int
+    waited: float | None
+    duration: float
+    bytes_sent: int
+    streamed: bool
 
 
 def _fields(*, source: str, target: str, **rest: Any) -> dict[str, Any]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-from unittest import mock
 
 import trio
 import trio.testing
@@ -21,6 +20,7 @@ from hypothesis import strategies as st
 
 from llmux.app import App
 from llmux.config import Config, ModelConfig
+from llmux.core.messages import Hook
 from llmux.hooks import HookOutcome
 
 STATUS_LINE = re.compile(rb"HTTP/1\.1 (\d{3}) ")
@@ -95,15 +95,15 @@ async def _converse(app: App, data: bytes) -> bytes:
     return bytes(received)
 
 
-async def _fake_hook(command: str, **_: object) -> HookOutcome:
+async def _fake_hook(model: str, hook: Hook) -> HookOutcome:
     await trio.sleep(1)
-    if command == "exit 3":
+    if hook is Hook.WAKE:  # as the config says: `exit 3`
         return HookOutcome(False, "exit status 3", 1.0, "")
     return HookOutcome(True, "", 1.0, "")
 
 
 def _run(data: bytes) -> tuple[bytes, App]:
-    app = App(_config())
+    app = App(_config(), hooks=_fake_hook)
 
     async def main() -> bytes:
         async with trio.open_nursery() as nursery:
@@ -116,8 +116,7 @@ def _run(data: bytes) -> tuple[bytes, App]:
             nursery.cancel_scope.cancel()
         return answer
 
-    with mock.patch("llmux.actors.run_hook", _fake_hook):
-        answer = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    answer = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
     return answer, app
 
 

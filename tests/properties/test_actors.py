@@ -11,8 +11,7 @@ grant as the actors perform them.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -22,15 +21,14 @@ import trio.testing
 from hypothesis import given, target
 from hypothesis import strategies as st
 
-import llmux.actors
 from llmux.actors import ModelActor, SchedulerActor, Ticket
 from llmux.config import ModelConfig
-from llmux.core.messages import Anomaly, Grant, Hook, Reject, Transition
+from llmux.core.messages import Anomaly, Grant, Hook, PolicyError, Reject, Transition
 from llmux.core.model import ModelCore
 from llmux.core.policy import SwitchPolicy, starvation_bound
 from llmux.core.scheduler import SchedulerCore
 from llmux.core.world import HookScript, RequestRecord, Settings, bound_inputs, model_core
-from llmux.hooks import HookOutcome
+from llmux.hooks import HookOutcome, HookRunner
 from llmux.metrics import Metrics
 from llmux.policies import BUILTIN
 from llmux.telemetry import Telemetry
@@ -81,6 +79,9 @@ class RecordingTelemetry(Telemetry):
     def anomaly(self, a: Anomaly) -> None:
         self.check(self.monitor.anomaly, a)
 
+    def policy_error(self, e: PolicyError) -> None:
+        self.check(self.monitor.policy_error, e)
+
     def model_report(self, report: Any) -> None:
         pass
 
@@ -94,20 +95,11 @@ class RecordingTelemetry(Telemetry):
         pass
 
 
-@contextmanager
-def fake_hooks(scripts: Mapping[str, HookScript], telemetry: RecordingTelemetry) -> Iterator[None]:
-    """Replace `run_hook` in the actors with a sleep of the scripted length."""
+def fake_hooks(scripts: Mapping[str, HookScript], telemetry: RecordingTelemetry) -> HookRunner:
+    """A hook runner for the actors: a sleep of the scripted length."""
     attempts: dict[tuple[str, Hook], int] = {}
 
-    async def run_hook(
-        command: str,
-        *,
-        model: str,
-        port: int,
-        cwd: str,
-        timeout: float | None,  # noqa: ASYNC109 - run_hook's own signature
-    ) -> HookOutcome:
-        hook = Hook(command)
+    async def run_hook(model: str, hook: Hook) -> HookOutcome:
         script = scripts[model]
         attempt = attempts.get((model, hook), 0)
         attempts[model, hook] = attempt + 1
@@ -124,12 +116,7 @@ def fake_hooks(scripts: Mapping[str, HookScript], telemetry: RecordingTelemetry)
             telemetry.monitor.hook_failed(trio.current_time())
         return HookOutcome(ok, "" if ok else "exit status 1", duration, "")
 
-    saved = llmux.actors.run_hook
-    llmux.actors.run_hook = run_hook  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        llmux.actors.run_hook = saved
+    return run_hook
 
 
 class Served(msgspec.Struct):
@@ -184,12 +171,13 @@ def run_actors(
             actor.finish(record.req_id)
 
     async def main() -> None:
-        with fake_hooks(scripts, telemetry), telemetry.stop:
+        hooks = fake_hooks(scripts, telemetry)
+        with telemetry.stop:
             actors = {
                 name: ModelActor(
                     core,
                     ModelConfig(port=1, wake="wake", sleep="sleep"),
-                    hook_cwd=".",
+                    hooks=hooks,
                     telemetry=telemetry,
                 )
                 for name, core in cores.items()
