@@ -7,8 +7,8 @@ the moment it is produced.
 
     python -m llmux.standin serve --port 8001 --name small
     python -m llmux.standin serve --port 8001 --slots 4   # like a GPU whose batch holds 4
-    python -m llmux.standin start --port 8001 --pidfile /tmp/small.pid   # a `wake` hook
-    python -m llmux.standin stop --pidfile /tmp/small.pid                # a `sleep` hook
+    python -m llmux.standin start --port 8001 --pidfile "$LLMUX_STATE_DIR/small.pid"  # `wake`
+    python -m llmux.standin stop --pidfile "$LLMUX_STATE_DIR/small.pid"  # `sleep`; removes it
     python -m llmux.standin alive --port 8001                            # an `alive` hook
 """
 
@@ -336,8 +336,13 @@ def _write_atomically(path: str, text: str) -> None:
     # Pollers of the file must never see it half-written.
     target = Path(path)
     partial = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    partial.write_text(text)
-    partial.replace(target)
+    try:
+        partial.write_text(text)
+        partial.replace(target)
+    except BaseException:
+        # A full disk or a signal must not leave the half-written file behind.
+        partial.unlink(missing_ok=True)
+        raise
 
 
 async def _serve_until_signalled(args: argparse.Namespace) -> None:

@@ -115,7 +115,7 @@ class Telemetry:
                 self.metrics.model_active_duration.labels(t.subject).observe(t.at - woke_at)
             log_event(
                 "model_died",
-                f"{t.subject} failed its health check and leaves service ({t.cause}); "
+                f"{t.subject} is out of service ({t.cause}); "
                 "requests waiting for it will wake it again",
                 level=logging.ERROR,
                 model=t.subject,

@@ -34,7 +34,14 @@ The invariants (`InvariantViolation.invariant` names the one that broke):
   a draining model, in service) leaves nothing behind in any queue or in-flight set.
 - ``edges``: every transition is one that `llmux.core.lifecycle.edges()` declares.
 - ``no-anomaly``: the cores never report an `Anomaly`.
-- ``no-livelock``: the world never spins at one instant (e.g. a policy deferring by 0 s).
+- ``no-livelock``: the world never spins at one instant (e.g. a policy deferring by 0 s):
+  `CheckedWorld` stops it after `max_instants_at_one_time` instants without virtual time
+  advancing (or `max_steps` instants in one step).
+- ``policy-errors``: the policy never raises and always returns a decision (`on_pending` a
+  `SwitchNow`, `Defer` or `Skip`, `on_tick` a model name or None). The scheduler contains
+  such a bug (it takes FIFO's decision for that call and reports a `PolicyError`), so a
+  server survives it, but it is a bug: the violation quotes the scheduler's one-line
+  detail ("on_pending returned None, not SwitchNow, Defer or Skip").
 """
 
 from __future__ import annotations
@@ -67,6 +74,7 @@ from llmux.core.messages import (
     ManualSleep,
     ManualWake,
     Pin,
+    PolicyError,
     Reject,
     RunHook,
     Shutdown,
@@ -82,6 +90,7 @@ __all__ = [
     "InvariantViolation",
     "Monitor",
     "PlannedRequest",
+    "Schedule",
     "conformance_machine",
     "endless_traffic",
     "hook_scripts",
@@ -102,6 +111,7 @@ CANCELLATION = "cancellation"
 EDGES = "edges"
 NO_ANOMALY = "no-anomaly"
 NO_LIVELOCK = "no-livelock"
+POLICY_ERRORS = "policy-errors"
 
 INVARIANTS: dict[str, str] = {
     SINGLE_AWAKE: "at most one model is outside Sleeping at any instant",
@@ -113,6 +123,7 @@ INVARIANTS: dict[str, str] = {
     EDGES: "every transition is declared in llmux.core.lifecycle",
     NO_ANOMALY: "the cores never report an Anomaly",
     NO_LIVELOCK: "the world never spins at one instant",
+    POLICY_ERRORS: "the policy never raises and always returns a decision",
 }
 
 # Float noise allowed when comparing waits with a bound.
@@ -222,6 +233,14 @@ class Monitor:
     def anomaly(self, a: Anomaly) -> None:
         self.fail(NO_ANOMALY, f"{a.where}: {a.detail}")
 
+    def policy_error(self, e: PolicyError) -> None:
+        """The scheduler reported that the policy raised or answered no decision."""
+        self.fail(
+            POLICY_ERRORS,
+            f"{e.detail} (policy {e.policy!r}, at t={e.at}; llmux took FIFO's decision "
+            f"instead, but the policy must not rely on that)",
+        )
+
     def waited(self, req_id: int, arrived: float, until: float, *, over: bool) -> float:
         """Check a request's wait, from its arrival to `until` (when it was answered or
         withdrawn if `over`, else now and still waiting), against the declared bound."""
@@ -259,6 +278,12 @@ class CheckedWorld:
     Drive it with `submit`, `cancel`, `fail_next_hook` and `advance`; call `check()` after
     each step and `settle()` at the end (it stops nothing by itself: it lets everything that
     is scheduled happen, heals the hooks, and checks that everything ends in time).
+
+    A world that spins fails ``no-livelock``: after `max_instants_at_one_time` instants in a
+    row without virtual time advancing (a policy deferring by 0 s for ever is caught within
+    milliseconds), or after `max_steps` instants in one step (time creeping forward by tiny
+    steps). A correct world needs a few instants per virtual time, a few dozen when zero-second
+    services and hooks chain through a queue granted one request at a time.
     """
 
     def __init__(
@@ -270,11 +295,15 @@ class CheckedWorld:
         max_service: float,
         core_class: type[ModelCore] = ModelCore,
         max_steps: int = 50_000,
+        max_instants_at_one_time: int = 100,
         liveness_horizon: float | None = None,
     ) -> None:
+        if max_instants_at_one_time < 1 or max_steps < 1:
+            raise ValueError("max_steps and max_instants_at_one_time must be at least 1")
         settings = settings if settings is not None else Settings()
         self.settings = settings
         self.max_steps = max_steps
+        self.max_instants_at_one_time = max_instants_at_one_time
         self.world = World(
             hooks, policy, settings, on_effect=self._on_effect, core_class=core_class
         )
@@ -327,6 +356,8 @@ class CheckedWorld:
                 self.monitor.transition(effect)
             case Anomaly():
                 self.monitor.anomaly(effect)
+            case PolicyError():
+                self.monitor.policy_error(effect)
             case _:
                 pass
 
@@ -386,11 +417,37 @@ class CheckedWorld:
         self._run(self.world.now + dt)
 
     def _run(self, until: float) -> None:
-        try:
-            self.world.run(until, max_steps=self.max_steps)
-        except RunawayError as exc:
-            raise InvariantViolation(NO_LIVELOCK, str(exc)) from exc
-        self._note_failures()
+        """Run the world until `until`, in runs of at most `max_instants_at_one_time`
+        instants: a run that ends where it began, in virtual time, spun."""
+        world = self.world
+        chunk = self.max_instants_at_one_time
+        started = world.now
+        left = self.max_steps
+        while left > 0:
+            began = world.now
+            steps = min(chunk, left)
+            try:
+                world.run(until, max_steps=steps)
+            except RunawayError:
+                # World.run raises before it processes the instant over its limit, so
+                # calling it again carries on exactly where it stopped.
+                left -= steps
+                if steps == chunk and world.now == began:
+                    raise self._livelock(
+                        f"the world spins at t={world.now}: {chunk} instants without virtual "
+                        f"time advancing"
+                    ) from None
+            else:
+                self._note_failures()
+                return
+        raise self._livelock(
+            f"still busy at t={world.now} after {self.max_steps} instants in one step "
+            f"(from t={started})"
+        )
+
+    def _livelock(self, what: str) -> InvariantViolation:
+        decision = self.world.scheduler.last_decision
+        return InvariantViolation(NO_LIVELOCK, f"{what}; the scheduler's last decision: {decision}")
 
     # ---- checks on the cores' state ----------------------------------------------------------
 
@@ -438,6 +495,8 @@ class CheckedWorld:
                 )
         if world.anomalies:
             self.monitor.anomaly(world.anomalies[0])
+        if world.policy_errors:
+            self.monitor.policy_error(world.policy_errors[0])
 
     def _bookkeeping(self, model: str, what: str, held: set[int], expected: set[int]) -> None:
         extra = held - expected
@@ -523,6 +582,90 @@ class PlannedRequest(msgspec.Struct, frozen=True):
     cancel_after: float | None = None
 
 
+class Schedule(list[PlannedRequest]):
+    """A request schedule (a list of `PlannedRequest`) that prints one short line per request,
+    so that a failing example stays readable::
+
+        Schedule.parse('''
+            #0  t=0.0   a  service=3.0
+            #1  t=1.25  b  service=0.25  cancel_after=2.0
+        ''')
+
+    which is also Python that rebuilds it (to replay it with `run_schedule`). ``#n`` is the
+    request's id in the world `run_schedule` builds (ids follow the schedule's order): the id
+    an `InvariantViolation` names. `request_schedules` and `endless_traffic` draw these.
+    """
+
+    @classmethod
+    def parse(cls, text: str) -> Schedule:
+        """The schedule that `repr` printed: one request a line, as ``[#n] t=AT MODEL
+        service=SECS [cancel_after=SECS]`` (model names without spaces or ``=``)."""
+        schedule = cls()
+        for number, line in enumerate(text.splitlines(), 1):
+            fields = line.split()
+            if fields and fields[0].startswith("#"):
+                fields = fields[1:]
+            if not fields:
+                continue
+            named = dict(f.split("=", 1) for f in fields if "=" in f)
+            models = [f for f in fields if "=" not in f]
+            unknown = set(named) - {"t", "service", "cancel_after"}
+            if len(models) != 1 or unknown or not {"t", "service"} <= set(named):
+                raise ValueError(
+                    f"line {number} of the schedule: {line.strip()!r} is not "
+                    f"'t=AT MODEL service=SECS [cancel_after=SECS]'"
+                )
+            cancel = named.get("cancel_after")
+            schedule.append(
+                PlannedRequest(
+                    models[0],
+                    float(named["t"]),
+                    float(named["service"]),
+                    float(cancel) if cancel is not None else None,
+                )
+            )
+        return schedule
+
+    def lines(self) -> list[str]:
+        """One line per request, in columns."""
+        rows = [
+            (
+                f"#{i}",
+                f"t={r.at!r}",
+                r.model,
+                f"service={r.service!r}",
+                f"cancel_after={r.cancel_after!r}" if r.cancel_after is not None else "",
+            )
+            for i, r in enumerate(self)
+        ]
+        widths = [max((len(row[k]) for row in rows), default=0) for k in range(4)]
+        return [
+            "  ".join(
+                cell.ljust(width) for cell, width in zip(row, [*widths, 0], strict=True)
+            ).rstrip()
+            for row in rows
+        ]
+
+    def __repr__(self) -> str:
+        if not self:
+            return "Schedule()"
+        body = "".join(f"\n    {line}" for line in self.lines())
+        return f"Schedule.parse('''{body}\n''')"
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        """Hypothesis's (and IPython's) pretty printer: the same, indented where it is."""
+        if not self:
+            p.text("Schedule()")
+            return
+        p.text("Schedule.parse('''")
+        with p.indent(4):
+            for line in self.lines():
+                p.break_()
+                p.text(line)
+        p.break_()
+        p.text("''')")
+
+
 def request_schedules(
     models: Sequence[str],
     *,
@@ -530,7 +673,7 @@ def request_schedules(
     horizon: float = 30.0,
     max_service: float = 3.0,
     cancels: bool = True,
-) -> st.SearchStrategy[list[PlannedRequest]]:
+) -> st.SearchStrategy[Schedule]:
     """Whole request schedules: bursts of requests to a model, some of whose clients leave.
 
     A schedule is a list of bursts (a model, a start, a count, a gap); bursts to different
@@ -557,7 +700,7 @@ def request_schedules(
     return (
         st.lists(burst(), min_size=1, max_size=max(1, max_requests // 4))
         .map(lambda bursts: sorted((r for b in bursts for r in b), key=lambda r: r.at))
-        .map(lambda schedule: schedule[:max_requests])
+        .map(lambda schedule: Schedule(schedule[:max_requests]))
     )
 
 
@@ -567,12 +710,12 @@ def endless_traffic(
     *,
     max_service: float = 3.0,
     horizon: float = 150.0,
-) -> st.SearchStrategy[list[PlannedRequest]]:
+) -> st.SearchStrategy[Schedule]:
     """Requests to `busy`, each taking `max_service` and overlapping so that it always has one
     in flight, from 0 to `horizon`, and one request for `other` in the first half."""
 
     @st.composite
-    def schedule(draw: st.DrawFn) -> list[PlannedRequest]:
+    def schedule(draw: st.DrawFn) -> Schedule:
         gap = draw(quantized(max(QUANTUM, max_service / 2), max_service))
         first = draw(quantized(0.0, max_service))
         stream = [
@@ -580,7 +723,7 @@ def endless_traffic(
             for i in range(int((horizon - first) / gap) + 1)
         ]
         lone = PlannedRequest(other, draw(quantized(0.0, horizon / 2)), max_service)
-        return sorted([*stream, lone], key=lambda r: r.at)
+        return Schedule(sorted([*stream, lone], key=lambda r: r.at))
 
     return schedule()
 

@@ -23,6 +23,7 @@ from llmux.app import App
 from llmux.config import Config, Limits, ModelConfig, PolicySettings
 from llmux.standin import Standin
 from tests.hooklog import HookEvent, read_hook_log, single_awake_violations
+from tests.waiting import wait_until
 
 HOOK = Path(__file__).with_name("hook.sh")
 
@@ -80,6 +81,15 @@ class Rig:
         else:
             flag.unlink(missing_ok=True)
 
+    def hold_wake(self, model: str, holding: bool = True) -> None:
+        """Keep the model's wake hooks from finishing until released: a test that looks at a
+        model while it wakes then needs no guess of how long a wake must take."""
+        flag = self.dir / f"{model}.hold_wake"
+        if holding:
+            flag.touch()
+        else:
+            flag.unlink(missing_ok=True)
+
     # ---- what happened -------------------------------------------------------------------------
 
     def hook_events(self) -> list[HookEvent]:
@@ -94,12 +104,25 @@ class Rig:
         assert single_awake_violations(self.hook_events(), self.initially_awake) == []
 
     async def hooks_become(self, expected: list[str]) -> None:
-        """Wait (a few seconds at most) until the hook log shows exactly `expected`: hooks are
-        other processes, so polling their log is the only way to see them."""
-        with trio.move_on_after(5.0):
-            while self.hook_runs() != expected:  # noqa: ASYNC110 - the writer is another process
-                await trio.sleep(0.02)
-        assert self.hook_runs() == expected
+        """Wait (bounded) until the hook log shows exactly `expected`: hooks are other
+        processes, so polling their log is the only way to see them."""
+        await wait_until(
+            lambda: self.hook_runs() == expected,
+            what=lambda: f"hook runs {expected}; they are {self.hook_runs()}",
+        )
+
+    async def hook_ended(self, model: str, action: str) -> None:
+        """Wait (bounded) until a `model` `action` hook has run to its end."""
+        await wait_until(
+            lambda: any(
+                (e.model, e.action, e.phase) == (model, action, "end") for e in self.hook_events()
+            ),
+            what=f"the end of a {model} {action} hook",
+        )
+
+    def state(self, model: str) -> str:
+        """The model's lifecycle state, as llmux (in this process) has it now."""
+        return self.app.model_actors[model].core.state
 
     def refused(self) -> int:
         return sum(backend.refused for backend in self.backends.values())
@@ -188,6 +211,8 @@ async def running(
             api_keys=list(api_keys),
             preload=preload,
             base_dir=str(tmp_path),
+            # Not the user's ~/.local/state: the test's own, gone with its tmp_path.
+            state_dir=str(tmp_path / "state"),
         )
         app = App(config)
         stopped = trio.Event()

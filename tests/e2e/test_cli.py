@@ -37,19 +37,41 @@ def llmux(*args: str, **kwargs: object) -> subprocess.Popen[str]:
     )
 
 
+def state_dir(tmp_path: Path) -> Path:
+    """Where llmux keeps the example's pid files: its default state directory, under the
+    XDG_STATE_HOME that example_server gives it."""
+    return tmp_path / "state" / "llmux"
+
+
+def left_behind(tmp_path: Path) -> list[str]:
+    """What the example left in its state and temporary directories: nothing, once its
+    models sleep."""
+    return sorted(
+        str(path.relative_to(tmp_path))
+        for where in (state_dir(tmp_path), tmp_path / "tmp")
+        for path in where.rglob("*")
+    )
+
+
 @contextmanager
 def example_server(
     tmp_path: Path, events: list[str] | None = None
 ) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """The bundled example on free ports, with its pid files under `tmp_path`; the log
-    events before `listening` are appended to `events`."""
+    """The bundled example on free ports, as it ships: its state (pid files) in llmux's default
+    state directory, here under `tmp_path` through XDG_STATE_HOME, and its temporary files in
+    `tmp_path/tmp`; the log events before `listening` are appended to `events`."""
     path = tmp_path / "config.json"
     if not path.exists():
         config = json.loads(EXAMPLE.read_text())
         for model in config["models"].values():
             model["port"] = free_port()
         path.write_text(json.dumps(config))
-    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    (tmp_path / "tmp").mkdir(exist_ok=True)
+    env = {
+        **os.environ,
+        "XDG_STATE_HOME": str(tmp_path / "state"),
+        "TMPDIR": str(tmp_path / "tmp"),
+    }
     process = llmux("run", str(path), "--port", "0", env=env)
     try:
         assert process.stderr is not None
@@ -83,13 +105,14 @@ def test_the_bundled_example_serves_switches_and_stops_cleanly_on_sigterm(
             )
             assert reply.status_code == 200, reply.text
             assert reply.json()["model"] == name
-        assert sorted(p.name for p in tmp_path.glob("*.pid")) == ["llmux-example-qwen-small.pid"]
+        assert left_behind(tmp_path) == ["state/llmux/qwen-small.pid"]
         started = time.monotonic()
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
         assert time.monotonic() - started < 10
-    # The awake model was put to sleep: its stand-in server is gone.
-    assert list(tmp_path.glob("*.pid")) == []
+    # The awake model was put to sleep: its stand-in server is gone, and so is its pid file.
+    assert state_dir(tmp_path).is_dir()
+    assert left_behind(tmp_path) == []
 
 
 def test_a_restarted_llmux_adopts_the_model_left_awake(tmp_path: Path) -> None:
@@ -98,7 +121,7 @@ def test_a_restarted_llmux_adopts_the_model_left_awake(tmp_path: Path) -> None:
         assert httpx.post(f"{url}/v1/chat/completions", json=chat, timeout=30).status_code == 200
         process.kill()  # a crash: qwen-small's stand-in server lives on
         process.wait()
-    assert [p.name for p in tmp_path.glob("*.pid")] == ["llmux-example-qwen-small.pid"]
+    assert left_behind(tmp_path) == ["state/llmux/qwen-small.pid"]
     events: list[str] = []
     with example_server(tmp_path, events) as (process, url):
         assert "model_adopted" in events
@@ -107,7 +130,7 @@ def test_a_restarted_llmux_adopts_the_model_left_awake(tmp_path: Path) -> None:
         assert reply.json()["request_number"] == 1, "served by the same, adopted server"
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
-    assert list(tmp_path.glob("*.pid")) == []
+    assert left_behind(tmp_path) == []
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ import httpx
 import trio
 
 from tests.e2e.conftest import Rig, running
+from tests.waiting import wait_until
 
 LIFECYCLE_HOOKS = {"wake": "wake", "drained": "sleep", "wake_failed": "sleep"}
 
@@ -37,9 +38,11 @@ async def test_status_shows_each_model_the_scheduler_and_the_machines(tmp_path: 
         assert (await _status(rig))["models"]["a"]["time_in_state_secs"] < 60
         await rig.chat("a")
         # The client has its answer a moment before llmux counts the request as finished.
-        with trio.fail_after(5):
-            while (await _status(rig))["models"]["a"]["in_flight"]:  # noqa: ASYNC110
-                await trio.sleep(0.02)
+
+        async def a_idle() -> bool:
+            return (await _status(rig))["models"]["a"]["in_flight"] == 0
+
+        await wait_until(a_idle, what="nothing in flight on a")
         status = await _status(rig)
         a = status["models"]["a"]
         assert a["state"] == "Active"
@@ -55,11 +58,19 @@ async def test_status_shows_each_model_the_scheduler_and_the_machines(tmp_path: 
 async def test_status_shows_what_a_waiting_request_waits_for(tmp_path: Path) -> None:
     async with running(tmp_path) as rig:
         await rig.chat("a")
-        rig.hook_secs("b", "wake", 1.0)
+        rig.hold_wake("b")  # b stays Waking while the test looks
         async with trio.open_nursery() as nursery:
             nursery.start_soon(rig.chat, "b")
-            await trio.sleep(0.5)
-            status = await _status(rig)
+            status: dict[str, Any] = {}
+
+            async def waited_a_while() -> bool:
+                # The request's wait is what the status reports: let some of it pass.
+                status.update(await _status(rig))
+                waited = status["models"]["b"]["oldest_wait_secs"]  # None: not queued yet
+                return waited is not None and bool(waited >= 0.4)
+
+            await wait_until(waited_a_while, what="the request for b waiting 0.4 s")
+            rig.hold_wake("b", holding=False)
             assert status["models"]["b"]["state"] == "Waking"
             assert status["models"]["b"]["queue_depth"] == 1
             assert status["models"]["b"]["oldest_wait_secs"] >= 0.4
@@ -69,15 +80,24 @@ async def test_status_shows_what_a_waiting_request_waits_for(tmp_path: Path) -> 
 
 
 async def _until_state(rig: Rig, model: str, state: str) -> None:
-    with trio.fail_after(5):
-        while (await _status(rig))["models"][model]["state"] != state:  # noqa: ASYNC110
-            await trio.sleep(0.05)
+    async def reached() -> bool:
+        return bool((await _status(rig))["models"][model]["state"] == state)
+
+    await wait_until(reached, what=f"{model} {state}")
 
 
-async def _collect_events(rig: Rig, activations: int, into: list[dict[str, Any]]) -> None:
-    """Events until the scheduler has finished `activations` switches."""
+async def _collect_events(
+    rig: Rig,
+    activations: int,
+    into: list[dict[str, Any]],
+    subscribed: trio.Event | None = None,
+) -> None:
+    """Events until the scheduler has finished `activations` switches; `subscribed` is set
+    once the stream's head has come (llmux has subscribed it to the live journal by then)."""
     async with rig.client.stream("GET", "/llmux/events") as reply:
         assert reply.headers["content-type"] == "text/event-stream"
+        if subscribed is not None:
+            subscribed.set()
         async for line in reply.aiter_lines():
             if line.startswith("data: "):
                 into.append(json.loads(line.removeprefix("data: ")))
@@ -98,8 +118,10 @@ async def test_the_event_stream_shows_the_transitions_the_hook_log_shows(tmp_pat
         events: list[dict[str, Any]] = []
         with trio.fail_after(10):
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_collect_events, rig, 2, events)
-                await trio.sleep(0.2)
+                # Live, not replayed: the switches start once the stream is subscribed.
+                subscribed = trio.Event()
+                nursery.start_soon(_collect_events, rig, 2, events, subscribed)
+                await subscribed.wait()
                 await rig.chat("a")
                 await rig.chat("b")
         assert _hooks_from_events(events) == rig.hook_runs() == ["a:wake", "a:sleep", "b:wake"]

@@ -9,6 +9,7 @@ from pathlib import Path
 import trio
 
 from tests.e2e.conftest import Rig, running
+from tests.waiting import wait_until
 
 
 async def test_a_failed_wake_answers_500_cleans_up_and_recovers(tmp_path: Path) -> None:
@@ -38,17 +39,39 @@ async def test_a_failed_wake_answers_500_cleans_up_and_recovers(tmp_path: Path) 
 
 async def test_a_request_that_waits_too_long_gets_504(tmp_path: Path) -> None:
     async with running(tmp_path, request_timeout_secs=0.3) as rig:
-        rig.hook_secs("a", "wake", 1.0)
+        rig.hold_wake("a")  # longer than the request may wait, however loaded the machine
         reply = await rig.chat("a")
         assert reply.status_code == 504
         assert "a" in reply.json()["error"]["message"]
         # The wake still completes; the next request is served at once.
-        await trio.sleep(1.0)
+        rig.hold_wake("a", holding=False)
+        await wait_until(lambda: rig.state("a") == "Active", what="a Active")
         assert (await rig.chat("a")).status_code == 200
         assert rig.hook_runs() == ["a:wake"]
 
 
-async def _send_and_hang_up(rig: Rig, model: str, after: float) -> None:
+async def _queued(rig: Rig, model: str, depth: int) -> None:
+    async def holds() -> bool:
+        return await rig.metric("llmux_request_queue_depth", model=model) == depth
+
+    await wait_until(holds, what=f"{depth} request(s) queued for {model}")
+
+
+async def _left(rig: Rig, model: str) -> None:
+    """Wait until llmux has seen the client go: the request is counted as 499 and out of the
+    queue."""
+
+    async def gone() -> bool:
+        return (
+            await rig.metric("llmux_requests_total", model=model, status="499") == 1
+            and await rig.metric("llmux_request_queue_depth", model=model) == 0
+        )
+
+    await wait_until(gone, what=f"the request for {model} counted 499 and out of the queue")
+
+
+async def _send_and_hang_up(rig: Rig, model: str) -> None:
+    """Send a request, and hang up once llmux has queued it."""
     port = int(rig.url.rsplit(":", 1)[1])
     body = f'{{"model": "{model}"}}'.encode()
     with socket.create_connection(("127.0.0.1", port)) as sock:
@@ -57,18 +80,20 @@ async def _send_and_hang_up(rig: Rig, model: str, after: float) -> None:
             + f"content-length: {len(body)}\r\n\r\n".encode()
             + body
         )
-        await trio.sleep(after)
+        await _queued(rig, model, 1)
 
 
 async def test_a_client_that_leaves_while_queued_leaves_the_queue(tmp_path: Path) -> None:
     async with running(tmp_path) as rig:
-        rig.hook_secs("a", "wake", 1.0)
-        await _send_and_hang_up(rig, "a", after=0.2)
-        await trio.sleep(0.1)
-        assert await rig.metric("llmux_request_queue_depth", model="a") == 0
-        assert await rig.metric("llmux_requests_total", model="a", status="499") == 1
-        await trio.sleep(1.0)
+        rig.hold_wake("a")  # the request waits until it has left
+        await _send_and_hang_up(rig, "a")
+        await _left(rig, "a")
+        # The wake it started still completes, and the request that left is not served then.
+        rig.hold_wake("a", holding=False)
+        await rig.hook_ended("a", "wake")
+        await wait_until(lambda: rig.state("a") == "Active", what="a Active")
         assert await rig.metric("llmux_model_in_flight", model="a") == 0
+        assert await rig.metric("llmux_requests_total", model="a", status="499") == 1
 
 
 async def test_a_client_that_pipelined_more_and_leaves_while_queued_leaves_the_queue(
@@ -77,7 +102,7 @@ async def test_a_client_that_pipelined_more_and_leaves_while_queued_leaves_the_q
     # The bytes of the next request are taken in while the first waits; the hang-up after
     # them must still be seen.
     async with running(tmp_path) as rig:
-        rig.hook_secs("a", "wake", 1.0)
+        rig.hold_wake("a")  # the request waits until it has left
         port = int(rig.url.rsplit(":", 1)[1])
         request = (
             b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 14\r\n\r\n"
@@ -85,10 +110,9 @@ async def test_a_client_that_pipelined_more_and_leaves_while_queued_leaves_the_q
         )
         with socket.create_connection(("127.0.0.1", port)) as sock:
             sock.sendall(request + request[:30])
-            await trio.sleep(0.2)
-        await trio.sleep(0.1)
-        assert await rig.metric("llmux_request_queue_depth", model="a") == 0
-        assert await rig.metric("llmux_requests_total", model="a", status="499") == 1
+            await _queued(rig, "a", 1)
+        await _left(rig, "a")
+        rig.hold_wake("a", holding=False)
 
 
 async def test_a_client_that_abandons_a_stream_does_not_hold_its_model_awake(
@@ -101,8 +125,11 @@ async def test_a_client_that_abandons_a_stream_does_not_hold_its_model_awake(
                 assert await rig.metric("llmux_model_in_flight", model="a") == 1
                 break
         # The client closed its connection mid-stream (httpx closes it when we stop reading).
-        await trio.sleep(0.1)
-        assert await rig.metric("llmux_model_in_flight", model="a") == 0
+
+        async def a_idle() -> bool:
+            return await rig.metric("llmux_model_in_flight", model="a") == 0
+
+        await wait_until(a_idle, what="nothing in flight on a")
         with trio.fail_after(3):
             assert (await rig.chat("b")).status_code == 200
         assert rig.hook_runs() == ["a:wake", "a:sleep", "b:wake"]
@@ -111,8 +138,9 @@ async def test_a_client_that_abandons_a_stream_does_not_hold_its_model_awake(
 async def test_queued_requests_are_answered_503_on_shutdown(tmp_path: Path) -> None:
     answers: list[tuple[int, float]] = []
     async with running(tmp_path, shutdown_grace_secs=2.0) as rig:
-        rig.hook_secs("b", "wake", 1.5)
         await rig.chat("a")
+        # b's wake lasts until the request waiting for it has its answer.
+        rig.hold_wake("b")
 
         async def ask_b() -> None:
             reply = await rig.chat("b")
@@ -120,9 +148,13 @@ async def test_queued_requests_are_answered_503_on_shutdown(tmp_path: Path) -> N
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(ask_b)
-            await trio.sleep(0.5)  # b is waking now; shut down under it
+            # Shut down while b wakes, its request queued.
+            await wait_until(lambda: rig.state("b") == "Waking", what="b Waking")
+            await _queued(rig, "b", 1)
             shutdown_at = trio.current_time()
             rig.app.shutdown_requested.set()
+            await wait_until(lambda: bool(answers), what="an answer for the request for b")
+            rig.hold_wake("b", holding=False)
     [(status, answered_at)] = answers
     assert status == 503
     assert answered_at - shutdown_at < 0.5

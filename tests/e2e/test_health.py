@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import trio
 
 from tests.e2e.conftest import running
+from tests.waiting import wait_until
 
 
 async def test_a_model_awake_at_start_up_is_adopted_not_woken(tmp_path: Path) -> None:
@@ -43,8 +43,15 @@ async def test_a_model_that_dies_while_active_is_woken_again_by_the_next_request
         reply = await rig.chat("a")
         assert reply.status_code == 200
         assert rig.hook_runs() == ["a:wake", "a:sleep", "a:wake"]
-        # Healthy again: probes keep passing and nothing else happens.
-        await trio.sleep(0.6)
+        # Healthy again: probes keep passing (three more, 0.2 s apart) and nothing else happens.
+        probes = {"model": "a", "hook": "alive"}
+        before = await rig.metric("llmux_hook_duration_seconds_count", **probes)
+
+        async def three_more_probes() -> bool:
+            return await rig.metric("llmux_hook_duration_seconds_count", **probes) >= before + 3
+
+        await wait_until(three_more_probes, what="three more alive probes of a")
+        assert await rig.metric("llmux_hook_failures_total", **probes) == 1
         assert rig.hook_runs() == ["a:wake", "a:sleep", "a:wake"]
 
 

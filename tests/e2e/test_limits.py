@@ -12,6 +12,7 @@ import trio
 
 from llmux.config import Limits
 from tests.e2e.conftest import Rig, running
+from tests.waiting import wait_until
 
 
 def _port(rig: Rig) -> int:
@@ -62,16 +63,21 @@ async def test_the_openai_client_authenticates_with_its_api_key(tmp_path: Path) 
 
 async def test_a_full_queue_answers_503_with_retry_after(tmp_path: Path) -> None:
     async with running(tmp_path, max_queue=2) as rig:
-        rig.hook_secs("a", "wake", 0.5)
+        rig.hold_wake("a")  # all five arrive while a wakes
         replies: list[httpx.Response] = []
 
         async def ask() -> None:
             replies.append(await rig.chat("a"))
 
+        async def queue_full() -> bool:
+            return await rig.metric("llmux_request_queue_depth", model="a") == 2
+
         async with trio.open_nursery() as nursery:
             for _ in range(5):
                 nursery.start_soon(ask)
-                await trio.sleep(0.02)
+            await wait_until(lambda: len(replies) == 3, what="three requests refused at once")
+            await wait_until(queue_full, what="two requests queued for a")
+            rig.hold_wake("a", holding=False)
         statuses = sorted(reply.status_code for reply in replies)
         assert statuses == [200, 200, 503, 503, 503]
         refused = [reply for reply in replies if reply.status_code == 503]
@@ -94,8 +100,8 @@ async def test_max_in_flight_forwards_that_many_at_once_and_the_rest_in_order(
         heads: dict[str, float] = {}
         ends: dict[str, float] = {}
 
-        async def stream(label: str) -> None:
-            request = {"model": "a", "stream": True, "max_tokens": 5, "chunk_delay": 0.05}
+        async def stream(label: str, chunk_delay: float = 0.05) -> None:
+            request = {"model": "a", "stream": True, "max_tokens": 5, "chunk_delay": chunk_delay}
             async with rig.client.stream("POST", "/v1/chat/completions", json=request) as reply:
                 heads[label] = trio.current_time()
                 assert reply.status_code == 200
@@ -103,11 +109,21 @@ async def test_max_in_flight_forwards_that_many_at_once_and_the_rest_in_order(
                     pass
             ends[label] = trio.current_time()
 
+        async def in_llmux(in_flight: int, queued: int) -> bool:
+            return (
+                await rig.metric("llmux_model_in_flight", model="a") == in_flight
+                and await rig.metric("llmux_request_queue_depth", model="a") == queued
+            )
+
         async with trio.open_nursery() as nursery:
-            for label in ("first", "second", "third"):
-                nursery.start_soon(stream, label)
-                await trio.sleep(0.05)
-            await trio.sleep(0.1)
+            # Each sent once llmux has the one before, so they wait in this order; the first
+            # streams for ~1 s, long enough for the test to see the other two wait behind it.
+            nursery.start_soon(stream, "first", 0.2)
+            await wait_until(lambda: in_llmux(1, 0), what="the first stream in flight")
+            nursery.start_soon(stream, "second")
+            await wait_until(lambda: in_llmux(1, 1), what="the second stream queued")
+            nursery.start_soon(stream, "third")
+            await wait_until(lambda: in_llmux(1, 2), what="the third stream queued")
             # The second and third wait in llmux, counted as queued, not in flight.
             assert await rig.metric("llmux_model_in_flight", model="a") == 1
             assert await rig.metric("llmux_request_queue_depth", model="a") == 2

@@ -7,6 +7,7 @@ from pathlib import Path
 import trio
 
 from tests.e2e.conftest import running
+from tests.waiting import wait_until
 
 
 async def test_a_request_for_a_sleeping_model_wakes_it(tmp_path: Path) -> None:
@@ -93,6 +94,7 @@ async def test_a_stream_in_flight_is_drained_before_its_model_sleeps(tmp_path: P
     async with running(tmp_path) as rig:
         await rig.chat("a")
         chunks: list[bytes] = []
+        streaming = trio.Event()
         stream_done = trio.Event()
 
         async def stream_a() -> None:
@@ -100,11 +102,12 @@ async def test_a_stream_in_flight_is_drained_before_its_model_sleeps(tmp_path: P
             async with rig.client.stream("POST", "/v1/chat/completions", json=request) as reply:
                 async for chunk in reply.aiter_bytes():
                     chunks.append(chunk)
+                    streaming.set()
             stream_done.set()
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(stream_a)
-            await trio.sleep(0.1)
+            await streaming.wait()
             reply = await rig.chat("b")
             assert reply.status_code == 200
             assert stream_done.is_set(), "b was served while a still streamed"
@@ -135,9 +138,13 @@ async def test_requests_arriving_while_a_model_drains_wait_for_its_next_activati
             nursery.start_soon(
                 lambda: ask("slow-a", "a", stream=True, max_tokens=10, chunk_delay=0.05)
             )
-            await trio.sleep(0.05)
+
+            async def a_busy() -> bool:
+                return await rig.metric("llmux_model_in_flight", model="a") == 1
+
+            await wait_until(a_busy, what="the slow request in flight on a")
             nursery.start_soon(ask, "b", "b")
-            await trio.sleep(0.1)
+            await wait_until(lambda: rig.state("a") == "Draining", what="a Draining")
             nursery.start_soon(ask, "late-a", "a")
         assert results == {"slow-a": "a", "b": "b", "late-a": "a"}
         assert rig.hook_runs() == ["a:wake", "a:sleep", "b:wake", "b:sleep", "a:wake"]

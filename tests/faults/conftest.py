@@ -1,8 +1,8 @@
 """Fixtures of the fault suite, and its machine-readable report.
 
 Each scenario appends one JSON line to the file named by `LLMUX_FAULT_REPORT` (default:
-`llmux-fault-report.jsonl` in the temp directory): requests sent / answered / cancelled / lost,
-statuses, wakes, duration and outcome. `python -m tests.faults.report` turns the latest run into
+`.pytest_cache/d/llmux-faults/report.jsonl` in this checkout): requests sent / answered /
+cancelled / lost, statuses, wakes, duration and outcome. `python -m tests.faults.report` turns the latest run into
 the table of docs/reliability.md.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
@@ -26,7 +25,10 @@ RUN_ID = f"{time.strftime('%Y-%m-%dT%H:%M:%S')}-{os.getpid()}"
 
 
 def report_path() -> Path:
-    default = Path(tempfile.gettempdir()) / "llmux-fault-report.jsonl"
+    # The report outlives a run (re-running one scenario replaces its row), so it is not in a
+    # test's tmp_path; but it is this checkout's, next to pytest's own cache, not a fixed file
+    # in /tmp that every checkout and user on the machine would append to.
+    default = Path(__file__).parents[2] / ".pytest_cache" / "d" / "llmux-faults" / "report.jsonl"
     return Path(os.environ.get("LLMUX_FAULT_REPORT") or default)
 
 

@@ -36,6 +36,7 @@ import httpx
 import trio
 
 from tests.hooklog import HookEvent, read_hook_log, single_awake_violations
+from tests.waiting import wait_until
 
 HOOK = Path(__file__).with_name("hook.sh")
 PATH = "/v1/chat/completions"
@@ -186,10 +187,13 @@ class Llmux:
             for name, options in models.items()
         }
         policy = {"request_timeout_secs": 60, **top.pop("policy", {})}
+        self.state_dir = dir / "state"
         self.config = {
             "models": config_models,
             "policy": policy,
             "shutdown_grace_secs": 10,
+            # The scenario's own, not the user's ~/.local/state/llmux.
+            "state_dir": str(self.state_dir),
             **top,
         }
         self.config_path = dir / "llmux.json"
@@ -274,6 +278,10 @@ class Llmux:
 
         self.exit_code = await trio.to_thread.run_sync(wait)
         self.exit_secs = time.monotonic() - started
+        if self.exit_code is not None and self._reader is not None:
+            # Once llmux has exited, its last log lines are still in the pipe: the checks (and
+            # the tests) look at every record only once the reader has reached the end.
+            await trio.to_thread.run_sync(self._reader.join, 10.0)
         return self.exit_code
 
     def cleanup(self) -> None:
@@ -326,10 +334,12 @@ class Llmux:
     async def hooks_become(self, expected: list[str], within: float = 30.0) -> None:
         """Wait (bounded) until the hook log shows exactly `expected`; hooks are other
         processes, so polling their log is the only way to see them."""
-        with trio.move_on_after(within):
-            while self.hook_runs() != expected:  # noqa: ASYNC110 - the writer is another process
-                await trio.sleep(0.05)
-        assert self.hook_runs() == expected
+        await wait_until(
+            lambda: self.hook_runs() == expected,
+            timeout=within,
+            interval=0.05,
+            what=lambda: f"hook runs {expected}; they are {self.hook_runs()}",
+        )
 
     def wakes(self) -> int:
         return sum(1 for e in self.hook_events() if e.action == "wake" and e.phase == "start")
@@ -337,11 +347,13 @@ class Llmux:
     def run_hook_now(self, model: str, action: str) -> None:
         """Run a model's hook as llmux would, from the test (e.g. to have it awake before
         llmux starts)."""
+        self.state_dir.mkdir(exist_ok=True)  # as llmux makes sure before any hook of its own
         env = {
             **os.environ,
             "LLMUX_MODEL": model,
             "LLMUX_PORT": str(self.ports[model]),
             "LLMUX_PYTHON": sys.executable,
+            "LLMUX_STATE_DIR": str(self.state_dir),
         }
         subprocess.run(
             ["sh", str(HOOK), action, str(self.dir)],

@@ -10,6 +10,7 @@ import pytest
 import trio
 
 from tests.faults.conftest import Scenario
+from tests.waiting import wait_until
 
 SOAK_SECS = float(os.environ.get("LLMUX_SOAK_SECS", "45"))
 SOAK_CLIENTS = 24
@@ -54,6 +55,7 @@ async def test_soak_then_sigterm(scenario: Scenario) -> None:
                     )
                 else:
                     await clients.chat(model, cancel_after=rng.uniform(0.05, 1.5))
+                # Think time between a client's requests: part of the traffic, not a wait.
                 await trio.sleep(rng.uniform(0, 0.3))
 
         probes = 0
@@ -64,6 +66,7 @@ async def test_soak_then_sigterm(scenario: Scenario) -> None:
                 assert (await client.get("/metrics")).status_code == 200
                 assert (await client.get("/health")).status_code == 200
                 probes += 1
+                # An operator's scrape interval: the probe's pace, not a wait for anything.
                 await trio.sleep(1.0)
 
         with trio.fail_after(SOAK_SECS + 120):
@@ -74,18 +77,23 @@ async def test_soak_then_sigterm(scenario: Scenario) -> None:
         soak_tally = scenario.tally.summary()
 
         # Nothing leaked: no request is left in flight or queued once every client is done.
-        with trio.move_on_after(10):
-            while True:
-                metrics = await server.metrics(client)
-                busy = {
-                    key: value
-                    for key, value in metrics.items()
-                    if key[0] in ("llmux_model_in_flight", "llmux_request_queue_depth") and value
-                }
-                if not busy:
-                    break
-                await trio.sleep(0.2)
-        assert not busy, f"requests still held after the soak: {busy}"
+        busy: dict[tuple[str, frozenset[object]], float] = {}
+
+        async def nothing_held() -> bool:
+            metrics = await server.metrics(client)
+            busy.clear()
+            busy.update(
+                (key, value)
+                for key, value in metrics.items()
+                if key[0] in ("llmux_model_in_flight", "llmux_request_queue_depth") and value
+            )
+            return not busy
+
+        await wait_until(
+            nothing_held,
+            interval=0.2,
+            what=lambda: f"requests still held after the soak: {busy}",
+        )
 
         # The end: streams in flight on a, requests for b queued behind its drain, SIGTERM.
         with trio.fail_after(120):
@@ -108,9 +116,14 @@ async def test_soak_then_sigterm(scenario: Scenario) -> None:
                     await event.wait()
                 for _ in range(3):
                     nursery.start_soon(clients.chat, "b")
-                queued_b = {"model": "b"}
-                while await server.metric(client, "llmux_request_queue_depth", **queued_b) < 3:  # noqa: ASYNC110
-                    await trio.sleep(0.05)
+
+                async def b_queued() -> bool:
+                    depth = await server.metric(client, "llmux_request_queue_depth", model="b")
+                    return depth >= 3
+
+                await wait_until(
+                    b_queued, timeout=60, interval=0.05, what="three requests queued for b"
+                )
                 status = await server.terminate()
             assert status == 0
             assert server.exit_secs is not None and server.exit_secs < 30

@@ -102,6 +102,7 @@ async def test_double_switch_race(scenario: Scenario) -> None:
 
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(ask, "b")
+                    # The gap between the two arrivals is what the scenario varies.
                     await trio.sleep(gap)
                     nursery.start_soon(ask, "c")
                 assert sorted((o.model, o.status) for o in outcomes) == [("b", 200), ("c", 200)]
@@ -129,6 +130,7 @@ async def test_flood_for_the_old_model_while_it_goes_to_sleep(scenario: Scenario
                 flood_until = trio.current_time() + 3.0
                 while trio.current_time() < flood_until:
                     nursery.start_soon(clients.chat, "a")
+                    # The flood's rate (one request every 20 ms): the traffic, not a wait.
                     await trio.sleep(0.02)
         scenario.tally.check()
         assert server.hook_runs() == ["a:wake", "a:sleep", "b:wake", "b:sleep", "a:wake"]
