@@ -41,7 +41,7 @@ import _bench as b
 import trio
 
 from llmux.core.messages import Acquire, Hook, HookDone, Wake
-from llmux.core.model import ModelCore
+from llmux.core.world import Settings, model_core
 
 HOOK_SECS = 0.2
 # A switch takes a little over two hooks: the idle gap before the "idle" plain request.
@@ -307,7 +307,7 @@ async def direct_burst(port: int, n: int) -> dict[str, Any]:
 
 def core_admission(n: int) -> dict[str, float]:
     """ModelCore alone: N requests queued during a wake, then the wake hook succeeds."""
-    core = ModelCore("b", max_queue=n)
+    core = model_core("b", Settings(max_queue=n))
     core.handle(Wake("bench"), 0.0)
     for i in range(n):
         core.handle(Acquire(i), 0.001)

@@ -20,9 +20,9 @@ import signal
 import trio
 
 from llmux.actors import ModelActor, SchedulerActor
+from llmux.build import settings_from_config
 from llmux.config import Config
-from llmux.core.model import ModelCore
-from llmux.core.scheduler import SchedulerCore
+from llmux.core.world import model_core, scheduler_core
 from llmux.hooks import HookRunner, ProcessGroups, ShellHooks, prepare_state_dir
 from llmux.logs import log_event
 from llmux.metrics import Metrics
@@ -54,33 +54,22 @@ class App:
         self.telemetry = Telemetry(self.metrics, log_requests=config.log_requests)
         self.process_groups = ProcessGroups()
         self.hooks = hooks if hooks is not None else ShellHooks(config, self.process_groups)
-        settings = config.policy
+        settings = settings_from_config(config)
         self.model_actors = {
             name: ModelActor(
-                ModelCore(
-                    name,
-                    request_timeout=settings.request_timeout_secs,
-                    drain_before_switch=settings.drain_before_switch,
-                    max_queue=model_config.max_queue,
-                    max_in_flight=model_config.max_in_flight,
-                    health_interval=model_config.health_interval_secs,
-                    alive_probe=model_config.alive is not None,
-                ),
+                model_core(name, settings),
                 model_config,
                 hooks=self.hooks,
                 telemetry=self.telemetry,
             )
             for name, model_config in config.models.items()
         }
-        policy = build_policy(settings.type, config.policy_options, search_path=config.base_dir)
+        policy = build_policy(
+            config.policy.type, config.policy_options, search_path=config.base_dir
+        )
         self.telemetry.declare_models(config.models, policy=policy.name)
         self.scheduler = SchedulerActor(
-            SchedulerCore(
-                list(config.models),
-                policy,
-                min_active=settings.min_active_secs,
-                idle_sleep={name: m.idle_sleep_secs for name, m in config.models.items()},
-            ),
+            scheduler_core(list(config.models), policy, settings),
             self.model_actors,
             telemetry=self.telemetry,
         )

@@ -77,6 +77,7 @@ from typing import Annotated, Any
 import msgspec
 
 from llmux.argtypes import positive_int
+from llmux.build import settings_from_config
 from llmux.core.messages import Hook, PolicyError, Reject
 from llmux.core.policy import PendingContext, PolicyDecision, ScheduleContext, SwitchPolicy
 from llmux.core.world import HookScript, Settings, World
@@ -458,18 +459,6 @@ class Result(msgspec.Struct, frozen=True):
     per_model: dict[str, ModelStats]
     anomalies: int
     wall_secs: float
-
-
-def settings_from_config(config: Any) -> Settings:
-    """World settings from a loaded `llmux.config.Config`."""
-    policy = config.policy
-    limits = {name: model.max_in_flight for name, model in config.models.items()}
-    return Settings(
-        request_timeout=policy.request_timeout_secs,
-        drain_before_switch=policy.drain_before_switch,
-        min_active=policy.min_active_secs,
-        max_in_flight=limits if any(v is not None for v in limits.values()) else None,
-    )
 
 
 def simulate(

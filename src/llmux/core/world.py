@@ -16,7 +16,8 @@ import heapq
 import itertools
 import math
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TypeVar
 
 import msgspec
 
@@ -52,6 +53,8 @@ from llmux.core.model import ModelCore
 from llmux.core.policy import BoundInputs, SwitchPolicy
 from llmux.core.scheduler import FAILURE_BACKOFF_SECS, SchedulerCore
 
+T = TypeVar("T")
+
 
 class HookScript(msgspec.Struct, frozen=True):
     """How long a model's hooks take; `wake_failures` and `sleep_failures` list which
@@ -80,22 +83,36 @@ class RunawayError(RuntimeError):
 
 
 class Settings(msgspec.Struct, frozen=True):
+    """Everything about a deployment that the cores decide with, as the server has it.
+
+    A per-model field holds one value for every model or a dict by model name (a model left
+    out gets the field's "none"). `llmux.build.settings_from_config` makes one from a config
+    file, and the server builds its cores from it with `model_core` / `scheduler_core`, as
+    World does: one builder, so a simulation is the server's behaviour.
+    """
+
     request_timeout: float | None = None
     drain_before_switch: bool = True
     min_active: float = 0.0
-    # Every model's idle_sleep_secs (None: never put an idle model to sleep).
-    idle_sleep: float | None = None
+    # Each model's idle_sleep_secs (None: never put an idle model to sleep).
+    idle_sleep: float | dict[str, float | None] | None = None
     # How many requests one backend serves at once; the rest wait inside the backend, in
     # order. None: as many as it is given (service time does not depend on load).
     backend_slots: int | None = None
-    # The models' max_in_flight: one for all, or per model (None, or a model left out: no
-    # limit on the requests forwarded to it at once).
+    # The models' max_in_flight (None: no limit on the requests forwarded at once).
     max_in_flight: int | dict[str, int | None] | None = None
+    # The models' max_queue (None: unbounded).
+    max_queue: int | dict[str, int | None] | None = None
+    # The models' health_interval_secs (None: no periodic alive probe).
+    health_interval: float | dict[str, float | None] | None = None
+    # Which models have an alive hook (probed at once when their backend is unreachable).
+    alive_probe: bool | dict[str, bool] = False
 
     def max_in_flight_of(self, model: str) -> int | None:
-        if isinstance(self.max_in_flight, dict):
-            return self.max_in_flight.get(model)
-        return self.max_in_flight
+        return _of(self.max_in_flight, model)
+
+    def idle_sleep_of(self, model: str) -> float | None:
+        return _of(self.idle_sleep, model)
 
     def smallest_max_in_flight(self) -> int | None:
         if isinstance(self.max_in_flight, dict):
@@ -104,13 +121,42 @@ class Settings(msgspec.Struct, frozen=True):
         return self.max_in_flight
 
 
+def _of(value: T | dict[str, T | None] | None, model: str) -> T | None:
+    if isinstance(value, dict):
+        return value.get(model)
+    return value
+
+
 def model_core(name: str, settings: Settings, core_class: type[ModelCore] = ModelCore) -> ModelCore:
     """A model's core configured by `settings` (`core_class` lets a test run a broken one)."""
+    alive = settings.alive_probe
     return core_class(
         name,
         request_timeout=settings.request_timeout,
         drain_before_switch=settings.drain_before_switch,
+        max_queue=_of(settings.max_queue, name),
         max_in_flight=settings.max_in_flight_of(name),
+        health_interval=_of(settings.health_interval, name),
+        alive_probe=alive.get(name, False) if isinstance(alive, dict) else alive,
+    )
+
+
+def scheduler_core(
+    models: Sequence[str],
+    policy: SwitchPolicy,
+    settings: Settings,
+    *,
+    costs: SwitchCostTracker | None = None,
+    failure_backoff: float = FAILURE_BACKOFF_SECS,
+) -> SchedulerCore:
+    """The scheduler's core for `models`, configured by `settings`."""
+    return SchedulerCore(
+        list(models),
+        policy,
+        min_active=settings.min_active,
+        failure_backoff=failure_backoff,
+        costs=costs,
+        idle_sleep={name: settings.idle_sleep_of(name) for name in models},
     )
 
 
@@ -178,13 +224,7 @@ class World:
         self.costs = SwitchCostTracker()
         # `core_class` lets a test run a deliberately broken core (see llmux.testing).
         self.models = {name: model_core(name, settings, core_class) for name in hooks}
-        self.scheduler = SchedulerCore(
-            list(hooks),
-            policy,
-            min_active=settings.min_active,
-            costs=self.costs,
-            idle_sleep=dict.fromkeys(hooks, settings.idle_sleep),
-        )
+        self.scheduler = scheduler_core(list(hooks), policy, settings, costs=self.costs)
         self.requests: dict[int, RequestRecord] = {}
         self.transitions: list[Transition] = []
         self.switches: list[SwitchFinished] = []
@@ -406,6 +446,9 @@ class World:
             self.wake_attempts[model] = attempt + 1
             ok = attempt not in script.wake_failures
             duration = script.wake_secs
+        elif hook is Hook.ALIVE:
+            # Probes (health_interval) find the model up: a World's backends never die.
+            attempt, ok, duration = 0, True, 0.0
         else:
             attempt = self.sleep_attempts[model]
             self.sleep_attempts[model] = attempt + 1
