@@ -18,7 +18,6 @@ from typing import Any, TextIO
 
 import httpx
 
-LIFECYCLE_ORDER = ["Sleeping", "Waking", "Active", "Draining", "SleepingDown"]
 DEFAULT_WATCH_SECS = 2.0
 # Cursor home, then erase the screen: each frame replaces the last instead of scrolling.
 CLEAR_SCREEN = "\x1b[H\x1b[2J"

@@ -193,7 +193,6 @@ class RequestRecord(msgspec.Struct):
     finished_at: float | None = None
     rejected: str | None = None
     cancelled_at: float | None = None
-    state_at_grant: str | None = None
 
     @property
     def done(self) -> bool:
@@ -413,7 +412,6 @@ class World:
     def _granted(self, req_id: int, model: str) -> None:
         record = self.requests[req_id]
         record.granted_at = self.now
-        record.state_at_grant = self.models[model].state
         self._backend_queue[model].append(record)
         self._serve_next(model)
 
