@@ -10,21 +10,28 @@ handling a message is synchronous and short.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
+import msgspec
 import trio
 
 from llmux.config import ModelConfig
 from llmux.core.messages import (
     Acquire,
     Anomaly,
+    CommandReply,
     Drain,
     Finish,
     Grant,
     Hook,
     HookDone,
+    ManualSleep,
+    ManualWake,
     ModelInput,
+    Pin,
     PolicyError,
     Reject,
     RunHook,
@@ -45,6 +52,8 @@ from llmux.core.model import ACTIVE, ModelCore
 from llmux.core.scheduler import SchedulerCore
 from llmux.hooks import HookRunner
 from llmux.telemetry import Telemetry
+
+Command = ManualWake | ManualSleep | Pin
 
 # How many queued messages an actor handles before it reports to the scheduler: a burst of
 # requests to the active model then costs the scheduler one message, not one per request.
@@ -231,6 +240,9 @@ class SchedulerActor:
         self.models = dict(models)
         self.telemetry = telemetry
         self._send, self._receive = trio.open_memory_channel[SchedulerInput](math.inf)
+        # Operators' commands waiting for the core's replies, by reply_to.
+        self._replies: dict[int, trio.MemorySendChannel[CommandReply]] = {}
+        self._reply_ids = itertools.count()
         self.quiet = trio.Event()
         self._handled = trio.Event()
         for actor in self.models.values():
@@ -250,6 +262,19 @@ class SchedulerActor:
                 self.quiet.set()
             self._handled.set()
             self._handled = trio.Event()
+
+    @contextlib.contextmanager
+    def ask(self, command: Command) -> Iterator[trio.MemoryReceiveChannel[CommandReply]]:
+        """Send an operator's command; the core's replies to it arrive on the channel (the
+        last one has `final` set). Leaving the block forgets the command's later replies."""
+        reply_to = next(self._reply_ids)
+        send, receive = trio.open_memory_channel[CommandReply](math.inf)
+        self._replies[reply_to] = send
+        self.post(msgspec.structs.replace(command, reply_to=reply_to))
+        try:
+            yield receive
+        finally:
+            self._replies.pop(reply_to, None)
 
     async def wait_for(self, condition: Callable[[SchedulerCore], bool]) -> None:
         """Until the core, after handling some message, satisfies `condition`."""
@@ -271,6 +296,10 @@ class SchedulerActor:
                     self.telemetry.switch_finished(effect, self.core.costs)
                 case PolicyError():
                     self.telemetry.policy_error(effect)
+                case CommandReply(reply_to=reply_to):
+                    channel = self._replies.get(reply_to)
+                    if channel is not None:
+                        channel.send_nowait(effect)
                 case Transition():
                     self.telemetry.transition(effect)
                 case Anomaly():

@@ -118,17 +118,24 @@ class ModelReport(msgspec.Struct, frozen=True):
 
 
 class ManualWake(msgspec.Struct, frozen=True):
-    """Make `model` the active one (switching as usual), whether or not anyone waits."""
+    """Make `model` the active one (switching as usual), whether or not anyone waits.
+
+    With `reply_to`, the scheduler answers with CommandReply effects: at once (refused, done
+    already, or accepted), then once more when the wake is over (done, failed, cancelled).
+    """
 
     model: str
     cause: str = "manual wake"
+    reply_to: int | None = None
 
 
 class ManualSleep(msgspec.Struct, frozen=True):
-    """Put `model` to sleep if it is the active one (drain first, as always)."""
+    """Put `model` to sleep if it is the active one (drain first, as always); replies as
+    ManualWake does."""
 
     model: str
     cause: str = "manual sleep"
+    reply_to: int | None = None
 
 
 class Pin(msgspec.Struct, frozen=True):
@@ -136,6 +143,16 @@ class Pin(msgspec.Struct, frozen=True):
 
     model: str | None
     cause: str = ""
+    reply_to: int | None = None
+
+
+class CommandOutcome(enum.StrEnum):
+    ACCEPTED = "accepted"  # under way: a final reply follows
+    DONE = "done"
+    FAILED = "failed"  # the wake hook failed
+    CANCELLED = "cancelled"  # a later command undid it (a sleep of the model being woken)
+    SHUTTING_DOWN = "shutting_down"
+    PINNED = "pinned"  # refused: llmux is pinned (to another model, or to this one)
 
 
 SchedulerInput = ModelReport | Tick | Shutdown | ManualWake | ManualSleep | Pin
@@ -235,6 +252,20 @@ class PolicyError(msgspec.Struct, frozen=True):
     at: float
 
 
+class CommandReply(msgspec.Struct, frozen=True):
+    """The scheduler's answer to an operator's command sent with `reply_to`: the outcome and
+    the picture at that moment, so the shell answers without reading the core."""
+
+    reply_to: int
+    outcome: CommandOutcome
+    final: bool
+    model: str | None
+    state: str | None
+    active: str | None
+    pinned: str | None
+    detail: str = ""
+
+
 class Anomaly(msgspec.Struct, frozen=True):
     """A message that the current state cannot accept. Never expected; logged loudly and
     asserted absent by the property suite."""
@@ -252,5 +283,6 @@ SchedulerEffect = (
     | SwitchFinished
     | Transition
     | PolicyError
+    | CommandReply
     | Anomaly
 )

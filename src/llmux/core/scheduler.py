@@ -20,6 +20,8 @@ from llmux.core.cost import SwitchCostTracker
 from llmux.core.lifecycle import Compiled, SwitchSequence
 from llmux.core.messages import (
     Anomaly,
+    CommandOutcome,
+    CommandReply,
     ManualSleep,
     ManualWake,
     ModelReport,
@@ -106,8 +108,10 @@ class SchedulerCore:
         self.pinned: str | None = None
         # An operator asked for this model to be put to sleep (done when the GPU is idle).
         self.sleep_wanted: str | None = None
-        # Failed wakes per model, so whoever asked for a wake can tell it failed.
-        self.wake_failures: dict[str, int] = dict.fromkeys(models, 0)
+        # Operators' commands still under way, by model: the reply_to of each, answered
+        # when the wake (or sleep) is over.
+        self._wake_waiters: dict[str, list[int]] = {}
+        self._sleep_waiters: dict[str, list[int]] = {}
 
     # ---- queries ---------------------------------------------------------------------------
 
@@ -137,15 +141,19 @@ class SchedulerCore:
                 pass
             case Shutdown():
                 self.closing = True
-            case ManualWake(model=model, cause=cause):
-                self._manual_wake(model, cause, effects)
-            case ManualSleep(model=model, cause=cause):
-                self._manual_sleep(model, cause)
-            case Pin(model=model, cause=cause):
-                self._pin(model, cause, effects)
+                for model in list(self._wake_waiters):
+                    self._answer_wake(model, CommandOutcome.SHUTTING_DOWN, effects)
+            case ManualWake():
+                self._manual_wake(message, effects)
+            case ManualSleep():
+                self._manual_sleep(message, effects)
+            case Pin():
+                self._pin(message, effects)
             case _:
                 raise TypeError(f"not a scheduler message: {message!r}")
         self._advance(now, effects)
+        if self._sleep_waiters:
+            self._answer_sleeps(effects)
         return effects
 
     # ---- following the models --------------------------------------------------------------
@@ -237,6 +245,7 @@ class SchedulerCore:
         if self.manual_target == target:
             self.manual_target = None
         self._take("activated", f"{target} is active", now, effects)
+        self._answer_wake(target, CommandOutcome.DONE, effects)
         effects.append(
             SwitchFinished(
                 switch.from_model,
@@ -257,10 +266,11 @@ class SchedulerCore:
         started = _cost_clock_start(switch)
         self._failed_model = target
         self._retry_at[target] = now + self.failure_backoff
-        self.wake_failures[target] += 1
         if self.manual_target == target:
             self.manual_target = None  # reported to the operator; not retried forever
         self._take("wake_failed", f"{target} failed to wake", now, effects)
+        detail = f"Hook failed for {target}: its wake hook failed (see the logs)"
+        self._answer_wake(target, CommandOutcome.FAILED, effects, detail)
         effects.append(
             SwitchFinished(
                 switch.from_model,
@@ -359,39 +369,111 @@ class SchedulerCore:
 
     # ---- an operator's commands ------------------------------------------------------------
 
-    def _manual_wake(self, model: str, cause: str, effects: list[SchedulerEffect]) -> None:
+    def _manual_wake(self, command: ManualWake, effects: list[SchedulerEffect]) -> None:
+        model, reply_to = command.model, command.reply_to
         if model not in self.views:
             effects.append(Anomaly(SCHEDULER, f"manual wake of unknown model {model!r}"))
             return
+        if self.closing:
+            self._reply(
+                effects, reply_to, CommandOutcome.SHUTTING_DOWN, model, "llmux is shutting down"
+            )
+            return
         if self.pinned is not None and model != self.pinned:
-            self.last_decision = f"refused {cause} of {model}: pinned to {self.pinned}"
+            self.last_decision = f"refused {command.cause} of {model}: pinned to {self.pinned}"
+            detail = f"llmux is pinned to {self.pinned}: unpin it first"
+            self._reply(effects, reply_to, CommandOutcome.PINNED, model, detail)
             return
         if self.sleep_wanted == model:
             self.sleep_wanted = None
+            self._answer_sleep(model, CommandOutcome.CANCELLED, effects)
         if model == self.active and self.views[model].state == ACTIVE:
+            self._reply(effects, reply_to, CommandOutcome.DONE, model)
             return  # already what was asked
         self.manual_target = model
-        self.last_decision = f"{cause}: {model}"
+        self.last_decision = f"{command.cause}: {model}"
+        self._reply(effects, reply_to, CommandOutcome.ACCEPTED, model)
+        if reply_to is not None:
+            self._wake_waiters.setdefault(model, []).append(reply_to)
 
-    def _manual_sleep(self, model: str, cause: str) -> None:
+    def _manual_sleep(self, command: ManualSleep, effects: list[SchedulerEffect]) -> None:
+        model, reply_to = command.model, command.reply_to
+        if model not in self.views:
+            effects.append(Anomaly(SCHEDULER, f"manual sleep of unknown model {model!r}"))
+            return
+        if self.pinned == model:
+            self.last_decision = f"refused {command.cause} of {model}: it is pinned"
+            detail = f"{model} is pinned: unpin it first"
+            self._reply(effects, reply_to, CommandOutcome.PINNED, model, detail)
+            return
         if self.manual_target == model:
             self.manual_target = None
-        if self.pinned == model:
-            self.last_decision = f"refused {cause} of {model}: it is pinned"
-            return
+            self._answer_wake(model, CommandOutcome.CANCELLED, effects)
         # Honoured by _decide once no switch is under way.
         self.sleep_wanted = model
+        self._reply(effects, reply_to, CommandOutcome.ACCEPTED, model)
+        if reply_to is not None:
+            self._sleep_waiters.setdefault(model, []).append(reply_to)
 
-    def _pin(self, model: str | None, cause: str, effects: list[SchedulerEffect]) -> None:
+    def _pin(self, command: Pin, effects: list[SchedulerEffect]) -> None:
+        model = command.model
         if model is not None and model not in self.views:
             effects.append(Anomaly(SCHEDULER, f"pin of unknown model {model!r}"))
+            return
+        if model is not None and self.closing:
+            detail = "llmux is shutting down"
+            self._reply(effects, command.reply_to, CommandOutcome.SHUTTING_DOWN, model, detail)
             return
         self.pinned = model
         self.manual_target = None
         self.last_decision = f"pinned to {model}" if model else "unpinned"
-        if cause:
-            self.last_decision += f": {cause}"
+        if command.cause:
+            self.last_decision += f": {command.cause}"
         effects.extend(SendPin(name, model) for name in self.views)
+        for other in [m for m in self._wake_waiters if model is not None and m != model]:
+            detail = f"llmux is pinned to {model}: unpin it first"
+            self._answer_wake(other, CommandOutcome.PINNED, effects, detail)
+        self._reply(effects, command.reply_to, CommandOutcome.DONE, model)
+
+    # ---- answering an operator -------------------------------------------------------------
+
+    def _reply(
+        self,
+        effects: list[SchedulerEffect],
+        reply_to: int | None,
+        outcome: CommandOutcome,
+        model: str | None,
+        detail: str = "",
+    ) -> None:
+        if reply_to is None:
+            return
+        state = self.views[model].state if model is not None else None
+        final = outcome is not CommandOutcome.ACCEPTED
+        effects.append(
+            CommandReply(reply_to, outcome, final, model, state, self.active, self.pinned, detail)
+        )
+
+    def _answer_wake(
+        self,
+        model: str,
+        outcome: CommandOutcome,
+        effects: list[SchedulerEffect],
+        detail: str = "",
+    ) -> None:
+        for reply_to in self._wake_waiters.pop(model, []):
+            self._reply(effects, reply_to, outcome, model, detail)
+
+    def _answer_sleep(
+        self, model: str, outcome: CommandOutcome, effects: list[SchedulerEffect]
+    ) -> None:
+        for reply_to in self._sleep_waiters.pop(model, []):
+            self._reply(effects, reply_to, outcome, model)
+
+    def _answer_sleeps(self, effects: list[SchedulerEffect]) -> None:
+        """A manual sleep is done once its model is asleep and no longer waited for."""
+        for model in list(self._sleep_waiters):
+            if self.views[model].state == SLEEPING and self.sleep_wanted != model:
+                self._answer_sleep(model, CommandOutcome.DONE, effects)
 
     def is_quiet(self) -> bool:
         """Every model is asleep and no switch is under way."""
