@@ -31,11 +31,13 @@ from llmux.core.messages import (
     ManualSleep,
     ManualWake,
     ModelInput,
+    ModelStatus,
     Pin,
     PolicyError,
     Reject,
     RunHook,
     SchedulerInput,
+    SchedulerStatus,
     SendDrain,
     SendPin,
     SendWake,
@@ -128,6 +130,9 @@ class ModelActor:
             self._handle_now(Finish(req_id))
         else:
             self.post(Finish(req_id))
+
+    def status(self, now: float) -> ModelStatus:
+        return self.core.status(now)
 
     def unreachable(self, req_id: int, detail: str) -> None:
         """Granted request `req_id` could not connect to the backend (before its Finish)."""
@@ -275,6 +280,9 @@ class SchedulerActor:
             yield receive
         finally:
             self._replies.pop(reply_to, None)
+
+    def status(self) -> SchedulerStatus:
+        return self.core.status()
 
     async def wait_for(self, condition: Callable[[SchedulerCore], bool]) -> None:
         """Until the core, after handling some message, satisfies `condition`."""

@@ -34,29 +34,28 @@ def build_status(
 ) -> dict[str, Any]:
     """`now` is trio's clock; times shown to people are wall-clock."""
     wall_offset = time.time() - now
-    core = scheduler.core
     model_status: dict[str, Any] = {}
     for name, actor in sorted(models.items()):
-        model = actor.core
-        oldest = model.oldest_arrival()
+        model = actor.status(now)
         model_status[name] = {
             "state": model.state,
-            "in_flight": len(model.in_flight),
-            "queue_depth": len(model.queue),
-            "oldest_wait_secs": round(now - oldest, 6) if oldest is not None else None,
-            "time_in_state_secs": round(now - model.state_since, 6),
+            "in_flight": model.in_flight,
+            "queue_depth": model.queue_depth,
+            "oldest_wait_secs": _rounded(model.oldest_wait_secs),
+            "time_in_state_secs": round(model.time_in_state_secs, 6),
             "last_transition": journal.last_by_subject.get(name),
             "idle_sleep_secs": actor.config.idle_sleep_secs,
             "max_in_flight": model.max_in_flight,
             "port": actor.config.port,
         }
-    switch = core.switch
+    picture = scheduler.status()
+    switch = picture.switch
     return {
         "models": model_status,
         "scheduler": {
-            "phase": core.phase,
-            "active": core.active,
-            "pinned": core.pinned,
+            "phase": picture.phase,
+            "active": picture.active,
+            "pinned": picture.pinned,
             "switch": None
             if switch is None
             else {
@@ -65,13 +64,17 @@ def build_status(
                 "reason": switch.reason,
                 "started_at": round(switch.decided_at + wall_offset, 6),
             },
-            "last_decision": core.last_decision,
+            "last_decision": picture.last_decision,
             "last_transition": journal.last_by_subject.get("scheduler"),
-            "policy": core.policy.name,
+            "policy": picture.policy,
         },
         "switch_costs": [
             {"from": source or "idle", "to": target, "estimate_secs": round(estimate, 6)}
-            for (source, target), estimate in core.costs.items()
+            for source, target, estimate in picture.switch_costs
         ],
         "machines": machine_definitions(),
     }
+
+
+def _rounded(value: float | None) -> float | None:
+    return round(value, 6) if value is not None else None

@@ -40,7 +40,7 @@ async def test_status_shows_each_model_the_scheduler_and_the_machines(tmp_path: 
         # The client has its answer a moment before llmux counts the request as finished.
 
         async def a_idle() -> bool:
-            return (await _status(rig))["models"]["a"]["in_flight"] == 0
+            return bool((await _status(rig))["models"]["a"]["in_flight"] == 0)
 
         await wait_until(a_idle, what="nothing in flight on a")
         status = await _status(rig)

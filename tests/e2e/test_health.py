@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 from tests.e2e.conftest import running
 from tests.waiting import wait_until
 

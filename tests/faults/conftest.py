@@ -2,8 +2,8 @@
 
 Each scenario appends one JSON line to the file named by `LLMUX_FAULT_REPORT` (default:
 `.pytest_cache/d/llmux-faults/report.jsonl` in this checkout): requests sent / answered /
-cancelled / lost, statuses, wakes, duration and outcome. `python -m tests.faults.report` turns the latest run into
-the table of docs/reliability.md.
+cancelled / lost, statuses, wakes, duration and outcome. `python -m tests.faults.report` turns
+the latest run into the table of docs/reliability.md.
 """
 
 from __future__ import annotations

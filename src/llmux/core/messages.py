@@ -114,6 +114,37 @@ class ModelReport(msgspec.Struct, frozen=True):
     idle_since: float | None = None
 
 
+class ModelStatus(msgspec.Struct, frozen=True):
+    """What a model core reports about itself for the status API (`ModelCore.status`)."""
+
+    state: str
+    in_flight: int
+    queue_depth: int
+    oldest_wait_secs: float | None
+    time_in_state_secs: float
+    max_in_flight: int | None
+
+
+class SwitchStatus(msgspec.Struct, frozen=True):
+    from_model: str | None
+    to_model: str | None
+    reason: str
+    decided_at: float
+
+
+class SchedulerStatus(msgspec.Struct, frozen=True):
+    """What the scheduler core reports about itself for the status API."""
+
+    phase: str
+    active: str | None
+    pinned: str | None
+    switch: SwitchStatus | None
+    last_decision: str
+    policy: str
+    # Every switch-cost estimate: (from, to, seconds); from None is a cold start.
+    switch_costs: list[tuple[str | None, str, float]]
+
+
 # ---- control: an operator's commands, through the same machinery as policy decisions -------
 
 

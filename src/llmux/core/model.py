@@ -24,6 +24,7 @@ from llmux.core.messages import (
     ModelEffect,
     ModelInput,
     ModelReport,
+    ModelStatus,
     Reject,
     RejectReason,
     RunHook,
@@ -127,6 +128,17 @@ class ModelCore:
             active_since=self.active_since,
             epoch=self.epoch,
             idle_since=self.idle_since,
+        )
+
+    def status(self, now: float) -> ModelStatus:
+        oldest = self.oldest_arrival()
+        return ModelStatus(
+            state=self.state,
+            in_flight=len(self.in_flight),
+            queue_depth=len(self.queue),
+            oldest_wait_secs=now - oldest if oldest is not None else None,
+            time_in_state_secs=now - self.state_since,
+            max_in_flight=self.max_in_flight,
         )
 
     def report_if_changed(self) -> ModelReport | None:

@@ -29,12 +29,14 @@ from llmux.core.messages import (
     PolicyError,
     SchedulerEffect,
     SchedulerInput,
+    SchedulerStatus,
     SendDrain,
     SendPin,
     SendWake,
     Shutdown,
     SwitchFinished,
     SwitchStarted,
+    SwitchStatus,
     Tick,
     Transition,
 )
@@ -126,6 +128,20 @@ class SchedulerCore:
         else:
             deadline = math.inf
         return deadline if deadline < math.inf else None
+
+    def status(self) -> SchedulerStatus:
+        switch = self.switch
+        return SchedulerStatus(
+            phase=self.phase,
+            active=self.active,
+            pinned=self.pinned,
+            switch=None
+            if switch is None
+            else SwitchStatus(switch.from_model, switch.to_model, switch.reason, switch.decided_at),
+            last_decision=self.last_decision,
+            policy=self._policy_name(),
+            switch_costs=[(s, t, estimate) for (s, t), estimate in self.costs.items()],
+        )
 
     def awake(self) -> list[str]:
         return [name for name, view in self.views.items() if view.state != SLEEPING]
