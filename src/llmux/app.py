@@ -24,10 +24,11 @@ from llmux.build import settings_from_config
 from llmux.config import Config
 from llmux.core.world import model_core, scheduler_core
 from llmux.hooks import HookRunner, ProcessGroups, ShellHooks, prepare_state_dir
+from llmux.http.server import HttpServer
 from llmux.logs import log_event
 from llmux.metrics import Metrics
 from llmux.policies import build_policy
-from llmux.server import Frontend
+from llmux.routes import Router
 from llmux.startup_probe import adopt_awake_models
 from llmux.telemetry import Telemetry
 from llmux.upstream import UpstreamPool
@@ -74,14 +75,18 @@ class App:
             telemetry=self.telemetry,
         )
         self.pool = UpstreamPool()
-        self.frontend = Frontend(
+        self.router = Router(
             self.model_actors,
             self.scheduler,
             self.pool,
             self.metrics,
             self.telemetry,
-            limits=config.limits,
             api_keys=config.api_keys,
+        )
+        self.http = HttpServer(
+            self.router,
+            limits=config.limits,
+            on_closing=self.telemetry.journal.close_subscribers,
         )
         self.shutdown_requested = trio.Event()
         self.port: int | None = None
@@ -132,11 +137,11 @@ class App:
             accepting.cancel()
             for listener in listeners:
                 await listener.aclose()
-            self.frontend.begin_closing()
+            self.http.begin_closing()
             self.scheduler.shutdown()
             with trio.move_on_after(self.config.shutdown_grace_secs):
-                await self.frontend.wait_all_closed()
-            if self.frontend.cut_remaining(self.config.shutdown_grace_secs):
+                await self.http.wait_all_closed()
+            if self.router.proxy.cut_remaining(self.config.shutdown_grace_secs):
                 self.exit_status = EXIT_FORCED
             connections.cancel_scope.cancel()
 
@@ -165,7 +170,7 @@ class App:
     ) -> None:
         with accepting:
             await trio.serve_listeners(
-                self.frontend.handle_connection, listeners, handler_nursery=connections
+                self.http.handle_connection, listeners, handler_nursery=connections
             )
 
     async def watch_signals(self, everything: trio.CancelScope) -> None:

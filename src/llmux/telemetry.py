@@ -267,7 +267,7 @@ class Telemetry:
 
 
 class ProxiedRequestLike(Protocol):
-    """What `request_finished` reads of a request (llmux.server.ProxiedRequest)."""
+    """What `request_finished` reads of a request (llmux.routes.proxy.ProxiedRequest)."""
 
     req_id: int
     model: str

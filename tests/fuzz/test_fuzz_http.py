@@ -78,7 +78,7 @@ async def _converse(app: App, data: bytes) -> bytes:
     client, server = trio.testing.memory_stream_pair()
     received = bytearray()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(app.frontend.handle_connection, server)
+        nursery.start_soon(app.http.handle_connection, server)
         # No EOF after the request: like nginx, llmux takes a client's EOF for a client that
         # left, and would withdraw its request. The server closes idle connections itself.
         with contextlib.suppress(trio.BrokenResourceError):

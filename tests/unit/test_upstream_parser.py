@@ -17,7 +17,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from llmux.upstream import MAX_HEAD_BYTES, MalformedResponse, _ResponseReader
+from llmux.upstream.reader import MAX_HEAD_BYTES, MalformedResponse, _ResponseReader
 
 Outcome = tuple[int, bytes, bytes, list[tuple[bytes, bytes]], bytes, bool] | str
 

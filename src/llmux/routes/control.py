@@ -8,13 +8,17 @@ module only waits for the reply and says it in HTTP (refusals through llmux.erro
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
+import msgspec
 import trio
 
 from llmux.actors import Command, SchedulerActor
 from llmux.core.messages import CommandOutcome, CommandReply, ManualSleep, ManualWake, Pin
 from llmux.errors import ErrorKind, LlmuxError
+from llmux.http.connection import HttpConnection
+from llmux.routes.proxy import extract_model
 
 Answer = tuple[int, dict[str, Any]]
 
@@ -66,3 +70,52 @@ async def unpin(scheduler: SchedulerActor) -> Answer:
     with scheduler.ask(Pin(None, "manual unpin")) as replies:
         reply = await replies.receive()
     return 200, {"pinned": None, "active": reply.active}
+
+
+async def handle(
+    conn: HttpConnection,
+    method: bytes,
+    target: bytes,
+    route: list[str],
+    body: bytes,
+    *,
+    models: Collection[str],
+    scheduler: SchedulerActor,
+) -> bool:
+    """Answer `/llmux/models/NAME/wake|sleep`, `/llmux/pin` and `/llmux/unpin` (`route` is
+    the path after /llmux/, split); False if `route` is none of them."""
+    if len(route) == 3 and route[0] == "models" and route[2] in ("wake", "sleep"):
+        if method != b"POST":
+            why = f"Use POST for /llmux/models/NAME/{route[2]}"
+            raise LlmuxError(ErrorKind.METHOD_NOT_ALLOWED, why)
+        command = wake if route[2] == "wake" else sleep
+        answer = await command(scheduler, _known(route[1], models), _wait_secs(target))
+    elif route == ["pin"] and method == b"POST":
+        answer = await pin(scheduler, _known(extract_model(body), models), _wait_secs(target))
+    elif route == ["unpin"] and method == b"POST":
+        answer = await unpin(scheduler)
+    else:
+        return False
+    await conn.respond(answer[0], msgspec.json.encode(answer[1]))
+    return True
+
+
+def _known(model: str, models: Collection[str]) -> str:
+    if model not in models:
+        raise LlmuxError(ErrorKind.MODEL_NOT_FOUND, f"Model not found: {model}")
+    return model
+
+
+def _wait_secs(target: bytes) -> float | None:
+    """`?wait=SECONDS` (0: answer at once); by default wait until done."""
+    query = target.partition(b"?")[2]
+    for pair in query.split(b"&"):
+        name, _, value = pair.partition(b"=")
+        if name == b"wait":
+            try:
+                return max(0.0, float(value))
+            except ValueError:
+                raise LlmuxError(
+                    ErrorKind.BAD_REQUEST, "`wait` must be a number of seconds"
+                ) from None
+    return None

@@ -1,0 +1,1 @@
+"""Transport: moves bytes over non-blocking sockets, knows nothing of HTTP."""
