@@ -38,13 +38,14 @@ from typing import Any
 
 import _bench as b
 
-DIRECT, NGINX_STATIC, NGINX, LITELLM, LLMUX, BEFORE = (
+DIRECT, NGINX_STATIC, NGINX, LITELLM, LLMUX, BEFORE, QUIET = (
     "direct",
     "nginx static",
     "nginx",
     "LiteLLM",
     "llmux",
     "llmux (before)",
+    "llmux (no request log)",
 )
 
 
@@ -127,12 +128,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     contenders.append(Contender(LITELLM, server.port, [server.pid], script=script))
                 except RuntimeError as exc:
                     skipped[LITELLM] = f"LiteLLM did not start: {str(exc)[-500:]}"
-        for name, src in ((LLMUX, None), (BEFORE, args.baseline_src)):
+        variants = [(LLMUX, None, {}), (BEFORE, args.baseline_src, {})]
+        if args.without_request_log:
+            variants.append((QUIET, None, {"log_requests": False}))
+        for name, src, extra in variants:
             if name == BEFORE and not src:
                 continue
-            server = stack.enter_context(
-                b.llmux(b.one_model_config(backend.port), cpus=proxy_cpus, src=src, name=name)
-            )
+            config = {**b.one_model_config(backend.port), **extra}
+            server = stack.enter_context(b.llmux(config, cpus=proxy_cpus, src=src, name=name))
             status, answer = b.fetch(server.port, "POST", b.PATH, b.body())  # wakes the model
             if status != 200:
                 raise RuntimeError(f"{name} answered {status}: {answer[:300]!r}")
@@ -253,7 +256,7 @@ def compute_ratios(samples: list[Sample], levels: Sequence[int]) -> dict[str, An
         return b.median(values)
 
     out: dict[str, Any] = {}
-    for proxy in (NGINX, LITELLM, LLMUX, BEFORE):
+    for proxy in (NGINX, LITELLM, LLMUX, BEFORE, QUIET):
         if 1 in levels:
             out[f"{proxy} added p50 ms (c=1)"] = per_round(
                 1, proxy, DIRECT, lambda x, y: x.p50_ms - y.p50_ms
@@ -268,15 +271,17 @@ def compute_ratios(samples: list[Sample], levels: Sequence[int]) -> dict[str, An
         (LLMUX, NGINX_STATIC),
         (LLMUX, LITELLM),
         (LLMUX, BEFORE),
+        (QUIET, BEFORE),
         (NGINX, DIRECT),
     ):
         out[f"{a} / {base} req/s (c={big})"] = per_round(
             big, a, base, lambda x, y: b.ratio(x.rps, y.rps)
         )
     if 1 in levels:
-        out[f"{LLMUX} / {BEFORE} req/s (c=1)"] = per_round(
-            1, LLMUX, BEFORE, lambda x, y: b.ratio(x.rps, y.rps)
-        )
+        for a in (LLMUX, QUIET):
+            out[f"{a} / {BEFORE} req/s (c=1)"] = per_round(
+                1, a, BEFORE, lambda x, y: b.ratio(x.rps, y.rps)
+            )
     for name in (LLMUX, BEFORE):
         out[f"{name} p99 / p50 (c={big})"] = per_round(
             big, name, name, lambda x, _y: b.ratio(x.p99_ms, x.p50_ms)
@@ -417,6 +422,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="virtualenv for LiteLLM (created if missing; never the project's)",
     )
     parser.add_argument("--baseline-src", help="directory holding an older `llmux` package")
+    parser.add_argument(
+        "--without-request-log",
+        action="store_true",
+        help='adds "llmux (no request log)": the same with "log_requests": false',
+    )
     parser.add_argument("--pin", action="store_true", help="proxy on CPU 0, backend on CPU 1")
     parser.add_argument("--wrk-cpus", help="taskset CPU list for wrk (default: unpinned)")
     parser.add_argument("--json", action="store_true", help="print results as JSON")

@@ -9,6 +9,7 @@ from typing import Any, Protocol
 from prometheus_client import Counter, Gauge, Histogram
 
 from llmux.core.cost import SwitchCostTracker
+from llmux.core.lifecycle import MODEL_MACHINE, ModelEvent
 from llmux.core.messages import (
     Anomaly,
     Hook,
@@ -94,21 +95,21 @@ class Telemetry:
             transition=t.event,
             cause=t.cause,
         )
-        if t.machine != "ModelLifecycle":
+        if t.machine != MODEL_MACHINE:
             return
         # Set every state, not just source and target: the gauge is then one-hot even for a
         # model whose first transition this is (no declare_models, as in some tests).
         for state, gauge in self._model_states(t.subject).items():
             gauge.set(1 if state == t.target else 0)
-        if t.event in ("woke", "adopt"):
+        if t.event in (ModelEvent.WOKE, ModelEvent.ADOPT):
             self._woke_at[t.subject] = t.at
-            if t.event == "adopt":
+            if t.event == ModelEvent.ADOPT:
                 log_event(
                     "model_adopted",
                     f"{t.subject} was already awake at start-up: serving it as it is",
                     model=t.subject,
                 )
-        elif t.event == "died":
+        elif t.event == ModelEvent.DIED:
             self.metrics.model_deaths.labels(t.subject).inc()
             woke_at = self._woke_at.pop(t.subject, None)
             if woke_at is not None:
@@ -121,11 +122,11 @@ class Telemetry:
                 model=t.subject,
                 detail=t.cause,
             )
-        elif t.event == "drain":
+        elif t.event == ModelEvent.DRAIN:
             woke_at = self._woke_at.pop(t.subject, None)
             if woke_at is not None:
                 self.metrics.model_active_duration.labels(t.subject).observe(t.at - woke_at)
-        elif t.event == "sleep_failed":
+        elif t.event == ModelEvent.SLEEP_FAILED:
             log_event(
                 "sleep_hook_failed",
                 f"sleep hook of {t.subject} failed; treating it as asleep ({t.cause})",

@@ -54,3 +54,28 @@ def test_the_cores_run_the_tables_of_the_documented_classes() -> None:
 def test_an_undeclared_edge_is_refused_with_its_names() -> None:
     with pytest.raises(UndeclaredTransition, match="ModelLifecycle: no 'woke' transition from"):
         Compiled(ModelLifecycle).step("Sleeping", "woke")
+
+
+def test_the_name_constants_are_the_names_the_machines_declare() -> None:
+    from llmux.core.lifecycle import (
+        MODEL_MACHINE,
+        SWITCH_MACHINE,
+        ModelEvent,
+        ModelLifecycle,
+        ModelState,
+        Phase,
+        SwitchEvent,
+        SwitchSequence,
+        edges,
+    )
+
+    def values(namespace: type) -> set[str]:
+        return {v for k, v in vars(namespace).items() if k.isupper()}
+
+    for machine, states, events, name in (
+        (ModelLifecycle, ModelState, ModelEvent, MODEL_MACHINE),
+        (SwitchSequence, Phase, SwitchEvent, SWITCH_MACHINE),
+    ):
+        assert machine.__name__ == name
+        assert values(states) == {str(s.name) for s in machine.states}
+        assert values(events) == {event for _, event, _ in edges(machine)}

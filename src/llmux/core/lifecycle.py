@@ -73,6 +73,49 @@ class SwitchSequence(StateMachine):
 
 
 MACHINES: tuple[type[StateMachine], ...] = (ModelLifecycle, SwitchSequence)
+MODEL_MACHINE = "ModelLifecycle"
+SWITCH_MACHINE = "SwitchSequence"
+
+
+# The names the classes above declare, as constants for the code that steps and observes the
+# machines (tests/unit/test_lifecycle.py holds each set to its class).
+class ModelState:
+    SLEEPING = "Sleeping"
+    WAKING = "Waking"
+    ACTIVE = "Active"
+    DRAINING = "Draining"
+    SLEEPING_DOWN = "SleepingDown"
+
+
+class ModelEvent:
+    WAKE = "wake"
+    WOKE = "woke"
+    WAKE_FAILED = "wake_failed"
+    DRAIN = "drain"
+    ADOPT = "adopt"
+    DIED = "died"
+    DRAINED = "drained"
+    SLEPT = "slept"
+    SLEEP_FAILED = "sleep_failed"
+
+
+class Phase:
+    IDLE = "Idle"
+    SETTLING = "Settling"
+    RETIRING = "Retiring"
+    WAKING = "Waking"
+    BACKOFF = "Backoff"
+
+
+class SwitchEvent:
+    SETTLE = "settle"
+    RETIRE = "retire"
+    WAKE = "wake"
+    CANCEL = "cancel"
+    RETIRED = "retired"
+    ACTIVATED = "activated"
+    WAKE_FAILED = "wake_failed"
+    RECOVERED = "recovered"
 
 
 class UndeclaredTransition(ValueError):

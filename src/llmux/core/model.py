@@ -11,7 +11,7 @@ import math
 
 import msgspec
 
-from llmux.core.lifecycle import Compiled, ModelLifecycle
+from llmux.core.lifecycle import MODEL_MACHINE, Compiled, ModelEvent, ModelLifecycle, ModelState
 from llmux.core.messages import (
     Acquire,
     Adopt,
@@ -38,11 +38,11 @@ from llmux.core.messages import (
 
 LIFECYCLE = Compiled(ModelLifecycle)
 
-SLEEPING = "Sleeping"
-WAKING = "Waking"
-ACTIVE = "Active"
-DRAINING = "Draining"
-SLEEPING_DOWN = "SleepingDown"
+SLEEPING = ModelState.SLEEPING
+WAKING = ModelState.WAKING
+ACTIVE = ModelState.ACTIVE
+DRAINING = ModelState.DRAINING
+SLEEPING_DOWN = ModelState.SLEEPING_DOWN
 
 # Without an `alive` hook to ask, this many requests in a row that cannot connect to an
 # Active model's backend (with no request finishing normally in between) mean it is gone.
@@ -220,7 +220,7 @@ class ModelCore:
         if self.state == ACTIVE and not self.in_flight and not self.queue:
             self.idle_since = now
         if self.state == DRAINING and not self.in_flight:
-            drained = self._take("drained", "last in-flight request finished", now)
+            drained = self._take(ModelEvent.DRAINED, "last in-flight request finished", now)
             return [*drained, RunHook(self.name, Hook.SLEEP)]
         return []
 
@@ -288,7 +288,7 @@ class ModelCore:
         self.state = LIFECYCLE.step(source, event)
         self.state_since = now
         self.epoch += 1
-        return [Transition("ModelLifecycle", self.name, source, self.state, event, cause, now)]
+        return [Transition(MODEL_MACHINE, self.name, source, self.state, event, cause, now)]
 
     def _refuse(self, message: str) -> list[ModelEffect]:
         return [Anomaly(self.name, f"{message} is not accepted in state {self.state}")]
@@ -296,12 +296,12 @@ class ModelCore:
     def _wake(self, cause: str, now: float) -> list[ModelEffect]:
         if self.state != SLEEPING:
             return self._refuse("wake")
-        return [*self._take("wake", cause, now), RunHook(self.name, Hook.WAKE)]
+        return [*self._take(ModelEvent.WAKE, cause, now), RunHook(self.name, Hook.WAKE)]
 
     def _adopt(self, cause: str, now: float) -> list[ModelEffect]:
         if self.state != SLEEPING:
             return self._refuse("adopt")
-        effects = self._take("adopt", cause, now)
+        effects = self._take(ModelEvent.ADOPT, cause, now)
         self._became_active(now)
         return effects + self._grant_all(now)
 
@@ -326,7 +326,7 @@ class ModelCore:
             if self.health_interval is not None:
                 self._probe_at = now + self.health_interval
             return []
-        return self._leave_service("died", f"alive hook failed: {detail}", now)
+        return self._leave_service(ModelEvent.DIED, f"alive hook failed: {detail}", now)
 
     def _backend_unreachable(self, req_id: int, detail: str, now: float) -> list[ModelEffect]:
         """A request could not connect to the Active model's backend: ask the alive hook now,
@@ -345,13 +345,13 @@ class ModelCore:
             return []
         count = len(self._unreachable)
         return self._leave_service(
-            "died", f"{count} requests in a row could not reach its backend: {detail}", now
+            ModelEvent.DIED, f"{count} requests in a row could not reach its backend: {detail}", now
         )
 
     def _drain(self, cause: str, now: float) -> list[ModelEffect]:
         if self.state != ACTIVE:
             return self._refuse("drain")
-        return self._leave_service("drain", cause, now)
+        return self._leave_service(ModelEvent.DRAIN, cause, now)
 
     def _leave_service(self, event: str, cause: str, now: float) -> list[ModelEffect]:
         self._probe_at = math.inf
@@ -361,16 +361,16 @@ class ModelCore:
         if self.in_flight and self.drain_before_switch:
             return effects
         why = "nothing in flight" if not self.in_flight else "drain_before_switch is off"
-        return effects + self._take("drained", why, now) + [RunHook(self.name, Hook.SLEEP)]
+        return effects + self._take(ModelEvent.DRAINED, why, now) + [RunHook(self.name, Hook.SLEEP)]
 
     def _wake_done(self, ok: bool, detail: str, now: float) -> list[ModelEffect]:
         if self.state != WAKING:
             return self._refuse("wake hook result")
         if ok:
-            effects = self._take("woke", "wake hook succeeded", now)
+            effects = self._take(ModelEvent.WOKE, "wake hook succeeded", now)
             self._became_active(now)
             return effects + self._grant_all(now)
-        effects = self._take("wake_failed", f"wake hook failed: {detail}", now)
+        effects = self._take(ModelEvent.WAKE_FAILED, f"wake hook failed: {detail}", now)
         message = f"Hook failed for {self.name}: {detail}"
         return (
             effects
@@ -383,7 +383,7 @@ class ModelCore:
             return self._refuse("sleep hook result")
         self.active_since = None
         if ok:
-            return self._take("slept", "sleep hook succeeded", now)
+            return self._take(ModelEvent.SLEPT, "sleep hook succeeded", now)
         # The switch goes on: a model whose sleep hook failed is treated as asleep, as in
         # llmux 2.4; the failure is logged and counted.
-        return self._take("sleep_failed", f"sleep hook failed: {detail}", now)
+        return self._take(ModelEvent.SLEEP_FAILED, f"sleep hook failed: {detail}", now)

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 import msgspec
 
 from llmux.core.cost import SwitchCostTracker
-from llmux.core.lifecycle import Compiled, SwitchSequence
+from llmux.core.lifecycle import SWITCH_MACHINE, Compiled, Phase, SwitchEvent, SwitchSequence
 from llmux.core.messages import (
     Anomaly,
     CommandOutcome,
@@ -119,9 +119,9 @@ class SchedulerCore:
 
     def next_deadline(self) -> float | None:
         """When this core next wants a Tick."""
-        if self.phase == "Settling":
+        if self.phase == Phase.SETTLING:
             deadline = self._settle_until
-        elif self.phase == "Idle":
+        elif self.phase == Phase.IDLE:
             deadline = min(self._recheck_at, self._idle_deadline(), self._next_retry())
             if self._next_tick_at is not None:
                 deadline = min(deadline, self._next_tick_at)
@@ -198,13 +198,13 @@ class SchedulerCore:
         switch = self.switch
         if switch is None:
             return
-        if self.phase == "Retiring" and report.model == switch.from_model:
+        if self.phase == Phase.RETIRING and report.model == switch.from_model:
             if report.state in (SLEEPING_DOWN, SLEEPING) and switch.sleep_started_at is None:
                 switch.sleep_started_at = now
             if report.state == SLEEPING:
                 self.active = None
                 self._after_retire(switch, now, effects)
-        elif self.phase == "Waking" and report.model == switch.to_model:
+        elif self.phase == Phase.WAKING and report.model == switch.to_model:
             if report.state == ACTIVE:
                 self._activated(switch, report, now, effects)
             elif report.state != WAKING:
@@ -226,13 +226,17 @@ class SchedulerCore:
         self, switch: SwitchRecord, now: float, effects: list[SchedulerEffect]
     ) -> None:
         if switch.to_model is None:
-            self._take("retired", f"{switch.from_model} is asleep: {switch.reason}", now, effects)
+            self._take(
+                SwitchEvent.RETIRED, f"{switch.from_model} is asleep: {switch.reason}", now, effects
+            )
             self.switch = None
             return
         if self._wanted(switch.to_model) and not self.closing:
             self._wake(switch, now, effects)
             return
-        self._take("retired", f"nobody waits for {switch.to_model} any more", now, effects)
+        self._take(
+            SwitchEvent.RETIRED, f"nobody waits for {switch.to_model} any more", now, effects
+        )
         effects.append(
             SwitchFinished(
                 switch.from_model,
@@ -260,7 +264,7 @@ class SchedulerCore:
         self.active = target
         if self.manual_target == target:
             self.manual_target = None
-        self._take("activated", f"{target} is active", now, effects)
+        self._take(SwitchEvent.ACTIVATED, f"{target} is active", now, effects)
         self._answer_wake(target, CommandOutcome.DONE, effects)
         effects.append(
             SwitchFinished(
@@ -284,7 +288,7 @@ class SchedulerCore:
         self._retry_at[target] = now + self.failure_backoff
         if self.manual_target == target:
             self.manual_target = None  # reported to the operator; not retried forever
-        self._take("wake_failed", f"{target} failed to wake", now, effects)
+        self._take(SwitchEvent.WAKE_FAILED, f"{target} failed to wake", now, effects)
         detail = f"Hook failed for {target}: its wake hook failed (see the logs)"
         self._answer_wake(target, CommandOutcome.FAILED, effects, detail)
         effects.append(
@@ -312,21 +316,24 @@ class SchedulerCore:
         if self._retry_at:
             # Forget backoffs that are over, so next_deadline never asks for a past time.
             self._retry_at = {m: at for m, at in self._retry_at.items() if at > now}
-        if self.phase == "Backoff":
+        if self.phase == Phase.BACKOFF:
             self._end_backoff(now, effects)
         if self.closing:
             self._wind_down(now, effects)
             return
-        if self.phase == "Settling" and now >= self._settle_until and self.switch is not None:
+        if self.phase == Phase.SETTLING and now >= self._settle_until and self.switch is not None:
             self._settle_until = math.inf
             if self._wanted(self.switch.to_model):
                 self._retire(self.switch, now, effects)
             else:
                 self._take(
-                    "cancel", f"nobody waits for {self.switch.to_model} any more", now, effects
+                    SwitchEvent.CANCEL,
+                    f"nobody waits for {self.switch.to_model} any more",
+                    now,
+                    effects,
                 )
                 self.switch = None
-        if self.phase == "Idle":
+        if self.phase == Phase.IDLE:
             self._decide(now, effects)
 
     def _end_backoff(self, now: float, effects: list[SchedulerEffect]) -> None:
@@ -336,7 +343,9 @@ class SchedulerCore:
         failed = self._failed_model
         if failed is None or self.views[failed].state == SLEEPING:
             self._failed_model = None
-            self._take("recovered", f"{failed} is asleep after its failed wake", now, effects)
+            self._take(
+                SwitchEvent.RECOVERED, f"{failed} is asleep after its failed wake", now, effects
+            )
 
     def _backing_off(self, model: str, now: float) -> bool:
         """Whether `model` failed to wake less than `failure_backoff` ago."""
@@ -351,13 +360,13 @@ class SchedulerCore:
 
     def _wind_down(self, now: float, effects: list[SchedulerEffect]) -> None:
         """Shutting down: start nothing, and put the awake model to sleep once it is idle."""
-        if self.phase == "Settling" and self.switch is not None:
+        if self.phase == Phase.SETTLING and self.switch is not None:
             self.switch.to_model = None
             self._settle_until = math.inf
             self._retire(self.switch, now, effects)
-        elif self.phase == "Retiring" and self.switch is not None:
+        elif self.phase == Phase.RETIRING and self.switch is not None:
             self.switch.to_model = None
-        elif self.phase == "Idle" and self.active is not None:
+        elif self.phase == Phase.IDLE and self.active is not None:
             switch = SwitchRecord(self.active, None, "shutting down", now)
             self.switch = switch
             self._retire(switch, now, effects)
@@ -493,7 +502,7 @@ class SchedulerCore:
 
     def is_quiet(self) -> bool:
         """Every model is asleep and no switch is under way."""
-        return self.phase in ("Idle", "Backoff") and not self.awake()
+        return self.phase in (Phase.IDLE, Phase.BACKOFF) and not self.awake()
 
     def _active_duration(self, now: float) -> float:
         if self.active is None:
@@ -680,7 +689,7 @@ class SchedulerCore:
         if now < settle_until:
             self._settle_until = settle_until
             self._take(
-                "settle",
+                SwitchEvent.SETTLE,
                 f"{self.active} has been active less than {self.min_active}s",
                 now,
                 effects,
@@ -691,7 +700,7 @@ class SchedulerCore:
     def _retire(self, switch: SwitchRecord, now: float, effects: list[SchedulerEffect]) -> None:
         assert switch.from_model is not None
         switch.drain_started_at = now
-        self._take("retire", switch.reason, now, effects)
+        self._take(SwitchEvent.RETIRE, switch.reason, now, effects)
         if self.views[switch.from_model].state != ACTIVE:
             return  # already leaving service on its own (it died): just wait for it
         self._command(switch.from_model, DRAINING)
@@ -703,12 +712,12 @@ class SchedulerCore:
             effects.append(
                 Anomaly(SCHEDULER, f"refusing to wake {switch.to_model}: {awake} not asleep")
             )
-            if self.phase == "Retiring":
-                self._take("retired", "wake refused", now, effects)
+            if self.phase == Phase.RETIRING:
+                self._take(SwitchEvent.RETIRED, "wake refused", now, effects)
             self.switch = None
             return
         switch.wake_started_at = now
-        self._take("wake", switch.reason, now, effects)
+        self._take(SwitchEvent.WAKE, switch.reason, now, effects)
         self._command(_target(switch), WAKING)
         effects.append(SendWake(_target(switch), switch.reason))
 
@@ -721,9 +730,7 @@ class SchedulerCore:
     def _take(self, event: str, cause: str, now: float, effects: list[SchedulerEffect]) -> None:
         source = self.phase
         self.phase = SEQUENCE.step(self.phase, event)
-        effects.append(
-            Transition("SwitchSequence", SCHEDULER, source, self.phase, event, cause, now)
-        )
+        effects.append(Transition(SWITCH_MACHINE, SCHEDULER, source, self.phase, event, cause, now))
 
 
 def _well_formed(decision: PolicyDecision) -> bool:
