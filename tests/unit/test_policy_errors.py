@@ -109,3 +109,27 @@ def test_the_simulator_stops_on_a_broken_policy_and_says_what_it_did() -> None:
     trace = [TraceRequest(0.0, "a", 1.0), TraceRequest(0.5, "b", 1.0)]
     with pytest.raises(SimulationError, match=r"on_pending returned None, not SwitchNow"):
         simulate(trace, ReturnsNone())
+
+
+class DefersUntilTimePasses(BasePolicy):
+    """Waits until a moment 1e-13 s after it first saw the request, by deferring for what is
+    left, rounded down to nothing: the float trap of a quantum's last instant."""
+
+    name = "defers_until_time_passes"
+
+    def __init__(self) -> None:
+        self.until: float | None = None
+
+    def on_pending(self, ctx: PendingContext) -> PolicyDecision:
+        if self.until is None:
+            self.until = ctx.now + 1e-13
+        if ctx.now < self.until:
+            return Defer(1e-300, "almost there")
+        return SwitchNow("time has passed")
+
+
+def test_a_positive_defer_too_small_for_the_clock_still_lets_time_pass() -> None:
+    world = World({"a": HookScript(1.0, 0.5)}, DefersUntilTimePasses())
+    req = world.submit("a", at=1.0, service=0.5)
+    world.run(max_steps=10_000)  # before: the same instant, asked again for ever
+    assert world.requests[req].finished_at is not None

@@ -575,7 +575,7 @@ class SchedulerCore:
                 self._start(target, self.last_decision, now, effects)
                 return
             if isinstance(decision, Defer):
-                self._recheck_at = min(self._recheck_at, now + max(decision.seconds, 0.0))
+                self._recheck_at = min(self._recheck_at, _recheck(now, decision.seconds))
                 self.last_decision = f"defer {target} {decision.seconds:.3f}s: {decision.reason}"
             else:
                 self.last_decision = f"skip {target}: {decision.reason}"
@@ -746,6 +746,14 @@ def _not_a_decision(decision: object) -> str:
     if isinstance(decision, Defer):
         return f"on_pending returned Defer({decision.seconds!r}), whose seconds are not a number"
     return f"on_pending returned {_describe(decision)}, not SwitchNow, Defer or Skip"
+
+
+def _recheck(now: float, seconds: float) -> float:
+    """When to ask again after Defer(seconds). A positive wait always moves time forward: one
+    too small for `now` to notice (a quantum's last 1e-15 s) would otherwise ask again at the
+    same instant, for ever."""
+    at = now + max(seconds, 0.0)
+    return math.nextafter(now, math.inf) if seconds > 0 and at <= now else at
 
 
 def _describe(value: object) -> str:

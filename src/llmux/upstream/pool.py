@@ -344,7 +344,15 @@ class UpstreamPool:
             except _NoResponse:
                 pass  # The backend closed it while idle: normal, try a fresh one.
         fresh = await self._connect(port)
-        return fresh, await self._send(fresh, method, head, body, close_after)
+        try:
+            return fresh, await self._send(fresh, method, head, body, close_after)
+        except _NoResponse as exc:
+            # A new connection dropped before a byte of answer: the backend is going away (a
+            # connection the kernel accepted just before the process died is reset). It says
+            # what a refused connection says, and counts as one for the model's health.
+            raise BackendUnreachable(
+                f"cannot connect to backend on {self._where(port)}: {exc}"
+            ) from exc
 
     @staticmethod
     async def _send(
