@@ -150,6 +150,9 @@ def test_watch_refreshes_until_ctrl_c_and_exits_0_without_a_traceback() -> None:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            # A signal mask is inherited through exec: whatever this test process blocks
+            # (a library's thread, an earlier test), the child must be able to get Ctrl-C.
+            preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT}),
         )
         watchdog = threading.Timer(30, process.kill)
         watchdog.start()
