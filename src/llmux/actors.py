@@ -87,6 +87,17 @@ class Ticket:
 Mail = tuple[ModelInput | None, Ticket | None]
 
 
+class SchedulerMailbox:
+    """The scheduler actor's mailbox, made first and handed to both sides: the model actors
+    post their reports into it, the scheduler actor reads it (no wiring after construction)."""
+
+    def __init__(self) -> None:
+        self._send, self.receive_channel = trio.open_memory_channel[SchedulerInput](math.inf)
+
+    def post(self, message: SchedulerInput) -> None:
+        self._send.send_nowait(message)
+
+
 class ModelActor:
     def __init__(
         self,
@@ -95,6 +106,7 @@ class ModelActor:
         *,
         hooks: HookRunner,
         telemetry: Telemetry,
+        scheduler: SchedulerMailbox,
     ) -> None:
         self.core = core
         self.name = core.name
@@ -104,7 +116,7 @@ class ModelActor:
         # A message of None only asks the loop for a report (see `_handle_now`).
         self._send, self._receive = trio.open_memory_channel[Mail](math.inf)
         self._tickets: dict[int, Ticket] = {}
-        self.scheduler: SchedulerActor | None = None
+        self.scheduler = scheduler
         # Messages posted and not yet taken by the loop, and the loop's hook nursery while it
         # runs: a request may bypass the mailbox only when the loop runs and nothing is ahead.
         self._unread = 0
@@ -192,8 +204,7 @@ class ModelActor:
             report = self.core.report_if_changed()
             if report is not None:
                 self.telemetry.model_report(report)
-                if self.scheduler is not None:
-                    self.scheduler.post(report)
+                self.scheduler.post(report)
 
     async def _next_batch(self) -> list[Mail]:
         deadline = self.core.next_deadline()
@@ -240,28 +251,27 @@ class SchedulerActor:
         models: Mapping[str, ModelActor],
         *,
         telemetry: Telemetry,
+        mailbox: SchedulerMailbox,
     ) -> None:
         self.core = core
         self.models = dict(models)
         self.telemetry = telemetry
-        self._send, self._receive = trio.open_memory_channel[SchedulerInput](math.inf)
+        self.mailbox = mailbox
         # Operators' commands waiting for the core's replies, by reply_to.
         self._replies: dict[int, trio.MemorySendChannel[CommandReply]] = {}
         self._reply_ids = itertools.count()
         self.quiet = trio.Event()
         self._handled = trio.Event()
-        for actor in self.models.values():
-            actor.scheduler = self
 
     def post(self, message: SchedulerInput) -> None:
-        self._send.send_nowait(message)
+        self.mailbox.post(message)
 
     async def run(self) -> None:
         while True:
             deadline = self.core.next_deadline()
             message: SchedulerInput = Tick()
             with trio.move_on_at(deadline if deadline is not None else math.inf):
-                message = await self._receive.receive()
+                message = await self.mailbox.receive_channel.receive()
             self._perform(self.core.handle(message, trio.current_time()))
             if self.core.closing and self.core.is_quiet():
                 self.quiet.set()
@@ -284,9 +294,9 @@ class SchedulerActor:
     def status(self) -> SchedulerStatus:
         return self.core.status()
 
-    async def wait_for(self, condition: Callable[[SchedulerCore], bool]) -> None:
-        """Until the core, after handling some message, satisfies `condition`."""
-        while not condition(self.core):
+    async def wait_for(self, condition: Callable[[SchedulerStatus], bool]) -> None:
+        """Until the core's report, after it handled some message, satisfies `condition`."""
+        while not condition(self.core.status()):
             await self._handled.wait()
 
     def _perform(self, effects: Sequence[object]) -> None:

@@ -19,7 +19,7 @@ import signal
 
 import trio
 
-from llmux.actors import ModelActor, SchedulerActor
+from llmux.actors import ModelActor, SchedulerActor, SchedulerMailbox
 from llmux.build import settings_from_config
 from llmux.config import Config
 from llmux.core.world import model_core, scheduler_core
@@ -56,12 +56,14 @@ class App:
         self.process_groups = ProcessGroups()
         self.hooks = hooks if hooks is not None else ShellHooks(config, self.process_groups)
         settings = settings_from_config(config)
+        mailbox = SchedulerMailbox()
         self.model_actors = {
             name: ModelActor(
                 model_core(name, settings),
                 model_config,
                 hooks=self.hooks,
                 telemetry=self.telemetry,
+                scheduler=mailbox,
             )
             for name, model_config in config.models.items()
         }
@@ -73,6 +75,7 @@ class App:
             scheduler_core(list(config.models), policy, settings),
             self.model_actors,
             telemetry=self.telemetry,
+            mailbox=mailbox,
         )
         self.pool = UpstreamPool()
         self.router = Router(

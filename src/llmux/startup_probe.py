@@ -57,4 +57,4 @@ async def adopt_awake_models(
         # Serve nothing before the scheduler knows: a request for another model must not
         # find the GPU looking free.
         adopted = plan.adopt
-        await scheduler.wait_for(lambda core: core.active == adopted)
+        await scheduler.wait_for(lambda status: status.active == adopted)

@@ -21,7 +21,7 @@ import trio.testing
 from hypothesis import given, target
 from hypothesis import strategies as st
 
-from llmux.actors import ModelActor, SchedulerActor, Ticket
+from llmux.actors import ModelActor, SchedulerActor, SchedulerMailbox, Ticket
 from llmux.config import ModelConfig
 from llmux.core.messages import Anomaly, Grant, Hook, PolicyError, Reject, Transition
 from llmux.core.model import ModelCore
@@ -172,6 +172,7 @@ def run_actors(
 
     async def main() -> None:
         hooks = fake_hooks(scripts, telemetry)
+        mailbox = SchedulerMailbox()
         with telemetry.stop:
             actors = {
                 name: ModelActor(
@@ -179,10 +180,11 @@ def run_actors(
                     ModelConfig(port=1, wake="wake", sleep="sleep"),
                     hooks=hooks,
                     telemetry=telemetry,
+                    scheduler=mailbox,
                 )
                 for name, core in cores.items()
             }
-            scheduler = SchedulerActor(scheduler_core, actors, telemetry=telemetry)
+            scheduler = SchedulerActor(scheduler_core, actors, telemetry=telemetry, mailbox=mailbox)
             async with trio.open_nursery() as system:
                 system.start_soon(scheduler.run)
                 for actor in actors.values():

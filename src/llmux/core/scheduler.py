@@ -534,6 +534,12 @@ class SchedulerCore:
             self.last_decision = f"sleep {self.active}: idle for {idle:g}s"
             self._sleep_only(self.last_decision, now, effects)
             return
+        if not self._consult_policy(now, effects):
+            self._maybe_tick(now, effects)
+
+    def _consult_policy(self, now: float, effects: list[SchedulerEffect]) -> bool:
+        """Ask the policy about each model that waits, oldest waiter first; the first
+        SwitchNow starts a switch (True)."""
         candidates = sorted(
             (
                 name
@@ -573,13 +579,13 @@ class SchedulerCore:
             if isinstance(decision, SwitchNow):
                 self.last_decision = f"switch to {target}: {decision.reason}"
                 self._start(target, self.last_decision, now, effects)
-                return
+                return True
             if isinstance(decision, Defer):
                 self._recheck_at = min(self._recheck_at, _recheck(now, decision.seconds))
                 self.last_decision = f"defer {target} {decision.seconds:.3f}s: {decision.reason}"
             else:
                 self.last_decision = f"skip {target}: {decision.reason}"
-        self._maybe_tick(now, effects)
+        return False
 
     def _maybe_tick(self, now: float, effects: list[SchedulerEffect]) -> None:
         interval = self.policy.tick_interval_secs
