@@ -53,7 +53,7 @@ from llmux.core.messages import (
 from llmux.core.model import ACTIVE, ModelCore
 from llmux.core.scheduler import SchedulerCore
 from llmux.hooks import HookRunner
-from llmux.telemetry import Telemetry
+from llmux.observability.telemetry import Telemetry
 
 Command = ManualWake | ManualSleep | Pin
 

@@ -25,12 +25,12 @@ from llmux.config import Config
 from llmux.core.world import model_core, scheduler_core
 from llmux.hooks import HookRunner, ProcessGroups, ShellHooks, prepare_state_dir
 from llmux.http.server import HttpServer
-from llmux.logs import log_event
-from llmux.metrics import Metrics
+from llmux.observability.logs import log_event
+from llmux.observability.metrics import Metrics
+from llmux.observability.telemetry import Telemetry
 from llmux.policies import build_policy
 from llmux.routes import Router
 from llmux.startup_probe import adopt_awake_models
-from llmux.telemetry import Telemetry
 from llmux.upstream import UpstreamPool
 
 EXIT_CLEAN = 0

@@ -57,8 +57,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from llmux import app, logs
+    from llmux import app
     from llmux.config import ConfigError, check_listen_port, load_config
+    from llmux.observability import logs
 
     path = args.config or args.config_option or "config.json"
     try:

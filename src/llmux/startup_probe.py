@@ -16,8 +16,8 @@ from llmux.config import Config
 from llmux.core.messages import Adopt, Hook, ManualWake
 from llmux.core.startup import plan_startup
 from llmux.hooks import HookRunner
-from llmux.logs import log_event
-from llmux.telemetry import Telemetry
+from llmux.observability.logs import log_event
+from llmux.observability.telemetry import Telemetry
 
 
 async def adopt_awake_models(

@@ -29,9 +29,9 @@ from llmux.core.policy import SwitchPolicy, starvation_bound
 from llmux.core.scheduler import SchedulerCore
 from llmux.core.world import HookScript, RequestRecord, Settings, bound_inputs, model_core
 from llmux.hooks import HookOutcome, HookRunner
-from llmux.metrics import Metrics
+from llmux.observability.metrics import Metrics
+from llmux.observability.telemetry import Telemetry
 from llmux.policies import BUILTIN
-from llmux.telemetry import Telemetry
 from llmux.testing import (
     NOTHING_LOST,
     InvariantViolation,

@@ -10,6 +10,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
+import llmux.simulation.run
 from llmux import simulate as sim
 from llmux.cli import main
 from llmux.core.policy import BasePolicy, Defer, PendingContext, PolicyDecision, SwitchNow
@@ -195,7 +196,7 @@ def test_a_policy_that_raises_is_named() -> None:
 
 
 def test_a_policy_that_defers_by_zero_forever_is_stopped(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sim, "MAX_DECISIONS_PER_INSTANT", 100)
+    monkeypatch.setattr(llmux.simulation.run, "MAX_DECISIONS_PER_INSTANT", 100)
     trace = [TraceRequest(0.0, "a", 1.0), TraceRequest(0.5, "b", 1.0)]
     with pytest.raises(SimulationError, match="without time passing"):
         simulate(trace, Spinner(), HOOKS)

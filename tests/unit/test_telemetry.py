@@ -14,11 +14,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from llmux.core.messages import Hook, PolicyError, Transition
 from llmux.core.world import HookScript, World
-from llmux.logs import LOGGER_NAME
-from llmux.metrics import Metrics
+from llmux.observability.logs import LOGGER_NAME
+from llmux.observability.metrics import Metrics
+from llmux.observability.status import machine_definitions
+from llmux.observability.telemetry import MODEL_STATES, Telemetry
 from llmux.policies.fifo import FifoPolicy
-from llmux.status import machine_definitions
-from llmux.telemetry import MODEL_STATES, Telemetry
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -48,7 +48,8 @@ def exported_states(metrics: Metrics, models: list[str]) -> dict[str, list[str]]
 
 @pytest.fixture
 def records() -> Iterator[list[logging.LogRecord]]:
-    """Every record of the llmux logger, whatever `llmux.logs.configure` did to it before."""
+    """Every record of the llmux logger, whatever `llmux.observability.logs.configure` did
+    to it before."""
     logger = logging.getLogger(LOGGER_NAME)
     seen: list[logging.LogRecord] = []
 

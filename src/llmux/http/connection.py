@@ -21,7 +21,7 @@ import h11
 import trio
 
 from llmux.errors import ClientGone, CutConnection, ErrorKind, LlmuxError
-from llmux.logs import log_event
+from llmux.observability.logs import log_event
 from llmux.transport.socket_stream import RECEIVE_SIZE, SocketStream, Wakeup
 
 if TYPE_CHECKING:

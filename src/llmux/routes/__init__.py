@@ -18,13 +18,13 @@ import trio
 from llmux.actors import ModelActor, SchedulerActor
 from llmux.errors import ErrorKind, LlmuxError
 from llmux.http.connection import HttpConnection
-from llmux.metrics import Metrics
+from llmux.observability.metrics import Metrics
+from llmux.observability.status import build_status
+from llmux.observability.telemetry import Telemetry
 from llmux.routes import control, info
 from llmux.routes.auth import ApiKeys
 from llmux.routes.events import stream_events
 from llmux.routes.proxy import Proxy
-from llmux.status import build_status
-from llmux.telemetry import Telemetry
 from llmux.upstream import UpstreamPool
 
 Handler = Callable[[HttpConnection], Awaitable[None]]

@@ -9,7 +9,7 @@ import msgspec
 import trio
 
 from llmux.http.connection import HttpConnection
-from llmux.journal import Journal
+from llmux.observability.journal import Journal
 
 SSE_KEEPALIVE_SECS = 15.0
 

@@ -20,8 +20,8 @@ from llmux.actors import ModelActor
 from llmux.core.messages import Reject
 from llmux.errors import CLIENT_GONE, CutConnection, ErrorKind, LlmuxError
 from llmux.http.connection import HttpConnection
-from llmux.logs import log_event
-from llmux.telemetry import Telemetry
+from llmux.observability.logs import log_event
+from llmux.observability.telemetry import Telemetry
 from llmux.upstream import BackendUnreachable, UpstreamError, UpstreamPool
 
 _HOP_BY_HOP = frozenset(

@@ -24,9 +24,9 @@ from llmux.core.messages import (
 from llmux.core.model import ACTIVE, DRAINING, SLEEPING, SLEEPING_DOWN, WAKING
 from llmux.errors import CLIENT_GONE
 from llmux.hooks import HookOutcome
-from llmux.journal import Journal
-from llmux.logs import log_event
-from llmux.metrics import IDLE, Metrics
+from llmux.observability.journal import Journal
+from llmux.observability.logs import log_event
+from llmux.observability.metrics import IDLE, Metrics
 
 # Every ModelLifecycle state, each exported per model as `llmux_model_state` (0 or 1).
 MODEL_STATES = (SLEEPING, WAKING, ACTIVE, DRAINING, SLEEPING_DOWN)

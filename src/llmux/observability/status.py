@@ -10,7 +10,7 @@ from typing import Any
 
 from llmux.actors import ModelActor, SchedulerActor
 from llmux.core.lifecycle import MACHINES, edges
-from llmux.journal import Journal
+from llmux.observability.journal import Journal
 
 
 def machine_definitions() -> dict[str, Any]:
