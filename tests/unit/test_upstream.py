@@ -392,7 +392,7 @@ async def test_sockets_have_nodelay() -> None:
     async with running() as (backend, pool):
         await fetch(pool, backend.port)
         (conn,) = pool._idle[backend.port]
-        assert conn.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        assert conn.stream.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
 
 
 # ---- framing the pool reads itself (the parser is also checked against h11 byte by byte in

@@ -1,7 +1,9 @@
-"""A client socket driven directly, and a one-task wake-up primitive."""
+"""A socket driven directly (the front end's client connections and the upstream pool's
+backend connections alike), and a one-task wake-up primitive."""
 
 from __future__ import annotations
 
+import select
 import socket
 
 import trio
@@ -17,6 +19,10 @@ class SocketStream(trio.abc.Stream):
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self._fd = sock.fileno()
+
+    @property
+    def socket(self) -> socket.socket:
+        return self._sock
 
     @classmethod
     def adopt(cls, stream: trio.SocketStream) -> SocketStream:
@@ -54,10 +60,25 @@ class SocketStream(trio.abc.Stream):
     async def wait_send_all_might_not_block(self) -> None:
         await trio.lowlevel.wait_writable(self._fd)
 
-    async def aclose(self) -> None:
+    def readable_now(self) -> bool:
+        """Whether a recv() would not block right now: on an idle connection, almost surely
+        the peer's FIN. One poll() call."""
+        if hasattr(select, "poll"):
+            poller = select.poll()
+            poller.register(self._fd, select.POLLIN)
+            return bool(poller.poll(0))
+        readable, _, _ = select.select([self._fd], [], [], 0)
+        return bool(readable)
+
+    def close(self) -> None:
+        # Wakes (with ClosedResourceError) any task trio has waiting on the socket, and drops
+        # trio's registration before the descriptor number can be reused.
         if self._sock.fileno() != -1:
             trio.lowlevel.notify_closing(self._sock)
             self._sock.close()
+
+    async def aclose(self) -> None:
+        self.close()
         await trio.lowlevel.checkpoint()
 
 

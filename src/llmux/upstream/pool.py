@@ -18,7 +18,6 @@ anything it does not understand is an `UpstreamError`. See docs/upstream-client.
 
 from __future__ import annotations
 
-import select
 import socket
 from collections import deque
 from collections.abc import AsyncIterator
@@ -26,6 +25,7 @@ from types import TracebackType
 
 import trio
 
+from llmux.transport.socket_stream import SocketStream
 from llmux.upstream.reader import (
     _FIELD_VALUE_RE,
     _FRAMING_HEADERS,
@@ -57,11 +57,10 @@ class _NoResponse(UpstreamError):
 
 
 class _Connection:
-    __slots__ = ("close_after", "fd", "reader", "sock", "where")
+    __slots__ = ("close_after", "reader", "stream", "where")
 
     def __init__(self, sock: socket.socket, where: str) -> None:
-        self.sock = sock
-        self.fd = sock.fileno()
+        self.stream = SocketStream(sock)
         self.where = where
         self.reader = _ResponseReader()
         self.close_after = False
@@ -71,21 +70,11 @@ class _Connection:
         parts = [head + body] if len(body) <= COALESCE_LIMIT else [head, body]
         try:
             for part in parts:
-                await self._send_all(part)
-        except OSError as exc:
-            raise _NoResponse(f"backend on {self.where} dropped the connection: {exc}") from exc
-
-    async def _send_all(self, data: bytes) -> None:
-        # Try first: a request almost always fits the socket buffer, and then no wait (and no
-        # trip through the scheduler) is needed; the response is waited for right after.
-        view = memoryview(data)
-        while view:
-            try:
-                sent = self.sock.send(view)
-            except BlockingIOError:
-                await trio.lowlevel.wait_writable(self.fd)
-                continue
-            view = view[sent:]
+                # A request almost always fits the socket buffer: sent at once, no wait.
+                await self.stream.send_all(part)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            why = exc.__cause__ or exc
+            raise _NoResponse(f"backend on {self.where} dropped the connection: {why}") from exc
 
     async def receive_head(self) -> ResponseHead:
         """The final response head, skipping 1xx; `_NoResponse` if nothing came back."""
@@ -151,19 +140,10 @@ class _Connection:
         Catching most keep-alive races here is one poll() call, far cheaper than sending the
         request and failing over after the round trip.
         """
-        if hasattr(select, "poll"):
-            poller = select.poll()
-            poller.register(self.fd, select.POLLIN)
-            return bool(poller.poll(0))
-        readable, _, _ = select.select([self.fd], [], [], 0)
-        return bool(readable)
+        return self.stream.readable_now()
 
     def close(self) -> None:
-        # Wakes (with ClosedResourceError) any task trio has waiting on the socket, and drops
-        # trio's registration before the descriptor number can be reused.
-        if self.sock.fileno() != -1:
-            trio.lowlevel.notify_closing(self.sock)
-            self.sock.close()
+        self.stream.close()
 
     def _broke(self, exc: MalformedResponse) -> UpstreamError:
         return UpstreamError(f"backend on {self.where} broke the HTTP protocol: {exc}")
@@ -171,16 +151,13 @@ class _Connection:
     async def _receive(self) -> bytes:
         # The backend has not answered yet whenever we get here (everything already received
         # was taken): wait first rather than fail a recv() with EAGAIN.
-        while True:
-            await trio.lowlevel.wait_readable(self.fd)
-            try:
-                data = self.sock.recv(RECEIVE_SIZE)
-            except BlockingIOError:
-                continue
-            except OSError as exc:
-                raise UpstreamError(f"connection to backend on {self.where} lost: {exc}") from exc
-            self.reader.feed(data)
-            return data
+        try:
+            data = await self.stream.receive_some(RECEIVE_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            why = exc.__cause__ or exc
+            raise UpstreamError(f"connection to backend on {self.where} lost: {why}") from exc
+        self.reader.feed(data)
+        return data
 
 
 class _Body:
