@@ -34,7 +34,7 @@ from typing import Any
 
 import msgspec
 
-from llmux.argtypes import positive_int
+from llmux.cli.argtypes import positive_int
 from llmux.core.policy import starvation_bound
 from llmux.core.world import HookScript, Settings, World, bound_inputs
 from llmux.policies import build_policy

@@ -33,7 +33,7 @@ import h11
 import msgspec
 import trio
 
-from llmux.argtypes import positive_int
+from llmux.cli.argtypes import positive_int
 
 RECEIVE_SIZE = 65536
 MAX_BODY_BYTES = 16 * 1024 * 1024

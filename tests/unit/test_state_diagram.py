@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from llmux.diagram import render_markdown
+from llmux.cli.diagram import render_markdown
 
 ROOT = Path(__file__).parents[2]
 CORE = ROOT / "src" / "llmux" / "core"

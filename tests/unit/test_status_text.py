@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from llmux.status_text import CLEAR_SCREEN, StatusError, add_parser, normalize_url, watch
+from llmux.cli.status import CLEAR_SCREEN, StatusError, add_parser, normalize_url, watch
 
 STATUS = {
     "scheduler": {

@@ -12,8 +12,8 @@ from typing import Any
 
 import msgspec
 
-from llmux.argtypes import positive_int
 from llmux.build import settings_from_config
+from llmux.cli.argtypes import positive_int
 from llmux.core.world import HookScript, Settings
 from llmux.policies import BUILTIN, PolicyLoadError
 from llmux.simulation.run import PolicySpec, Result, SimulationError, simulate

@@ -28,7 +28,8 @@ def _parser() -> argparse.ArgumentParser:
 
     commands.add_parser("diagram", help="print the state machines as mermaid (the state diagram)")
 
-    from llmux import simulate, status_text
+    from llmux import simulate
+    from llmux.cli import status as status_text
 
     simulate.add_parser(commands)
     status_text.add_parser(commands)
@@ -40,12 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         return _run(args)
     if args.command == "diagram":
-        from llmux.diagram import render_markdown
+        from llmux.cli.diagram import render_markdown
 
         sys.stdout.write(render_markdown())
         return 0
     if args.command == "status":
-        from llmux import status_text
+        from llmux.cli import status as status_text
 
         return status_text.main(args)
     if args.command == "simulate":
