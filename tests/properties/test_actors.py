@@ -91,7 +91,7 @@ class RecordingTelemetry(Telemetry):
     def switch_started(self, s: Any) -> None:
         pass
 
-    def switch_finished(self, s: Any, costs: Any) -> None:
+    def switch_finished(self, s: Any) -> None:
         pass
 
 

@@ -171,3 +171,19 @@ def test_after_a_failed_wake_only_the_failed_model_backs_off() -> None:
     b_retry = [t for t, m, h in world.hook_runs if (m, h) == ("b", "wake")][1]
     assert b_retry >= 4.0
     assert world.requests[retry].finished_at is not None
+
+
+def test_the_core_says_when_a_shutdown_has_wound_down_and_what_a_switch_cost() -> None:
+    from llmux.core.messages import Shutdown, WoundDown
+
+    seen: list[object] = []
+    world = World(
+        {"a": HookScript(1.0, 0.5), "b": HookScript(2.0, 0.5)}, FifoPolicy(), on_effect=seen.append
+    )
+    world.submit("a", at=0.0, service=1.0)
+    world.command(Shutdown(), at=0.5)  # a is waking; its queued request is refused
+    world.run()
+    wound = [e for e in seen if isinstance(e, WoundDown)]
+    assert [w.at for w in wound] == [1.5]  # a woke at 1.0, then slept (0.5 s) at once
+    (switch,) = world.switches
+    assert switch.cost_estimate == world.costs.estimate(None, "a") == 1.0

@@ -33,6 +33,7 @@ from llmux.core.messages import (
     Tick,
     Transition,
     Wake,
+    WoundDown,
 )
 from llmux.core.scheduler import SchedulerCore
 from llmux.observability.telemetry import Telemetry
@@ -69,8 +70,6 @@ class SchedulerActor:
             with trio.move_on_at(deadline if deadline is not None else math.inf):
                 message = await self.mailbox.receive_channel.receive()
             self._perform(self.core.handle(message, trio.current_time()))
-            if self.core.closing and self.core.is_quiet():
-                self.quiet.set()
             self._handled.set()
             self._handled = trio.Event()
 
@@ -107,7 +106,9 @@ class SchedulerActor:
                 case SwitchStarted():
                     self.telemetry.switch_started(effect)
                 case SwitchFinished():
-                    self.telemetry.switch_finished(effect, self.core.costs)
+                    self.telemetry.switch_finished(effect)
+                case WoundDown():
+                    self.quiet.set()
                 case PolicyError():
                     self.telemetry.policy_error(effect)
                 case CommandReply(reply_to=reply_to):

@@ -265,6 +265,14 @@ class SwitchFinished(msgspec.Struct, frozen=True):
     drain_duration: float | None
     detail: str
     at: float
+    # After a success: the switch-cost estimate (EMA) for this direction, this switch included.
+    cost_estimate: float | None = None
+
+
+class WoundDown(msgspec.Struct, frozen=True):
+    """Shutting down, and nothing is awake or under way any more: the server may exit."""
+
+    at: float
 
 
 class PolicyError(msgspec.Struct, frozen=True):
@@ -315,5 +323,6 @@ SchedulerEffect = (
     | Transition
     | PolicyError
     | CommandReply
+    | WoundDown
     | Anomaly
 )

@@ -39,6 +39,7 @@ from llmux.core.messages import (
     SwitchStatus,
     Tick,
     Transition,
+    WoundDown,
 )
 from llmux.core.model import ACTIVE, DRAINING, SLEEPING, SLEEPING_DOWN, WAKING
 from llmux.core.policy import (
@@ -104,6 +105,7 @@ class SchedulerCore:
         self._recheck_at = math.inf
         self._next_tick_at: float | None = None
         self.closing = False
+        self._wound_down = False  # WoundDown was announced
         # An operator's wish: make this model active, whoever waits (cleared once it is).
         self.manual_target: str | None = None
         # While set, no switch away from this model, and other models refuse requests.
@@ -170,6 +172,9 @@ class SchedulerCore:
         self._advance(now, effects)
         if self._sleep_waiters:
             self._answer_sleeps(effects)
+        if self.closing and not self._wound_down and self.is_quiet():
+            self._wound_down = True
+            effects.append(WoundDown(now))
         return effects
 
     # ---- following the models --------------------------------------------------------------
@@ -275,6 +280,7 @@ class SchedulerCore:
                 self._drain_duration(switch),
                 "",
                 now,
+                self.costs.estimate(switch.from_model, target),
             )
         )
         self.switch = None

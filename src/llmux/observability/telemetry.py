@@ -8,7 +8,6 @@ from typing import Any, Protocol
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from llmux.core.cost import SwitchCostTracker
 from llmux.core.lifecycle import MODEL_MACHINE, ModelEvent
 from llmux.core.messages import (
     Anomaly,
@@ -191,7 +190,7 @@ class Telemetry:
             **_fields(source=s.from_model or IDLE, target=s.to_model, reason=s.reason),
         )
 
-    def switch_finished(self, s: SwitchFinished, costs: SwitchCostTracker) -> None:
+    def switch_finished(self, s: SwitchFinished) -> None:
         source = s.from_model or IDLE
         target = s.to_model
         self.metrics.switch_total.labels(source, target, s.result).inc()
@@ -204,7 +203,7 @@ class Telemetry:
         }
         if s.result == "success":
             self.metrics.switch_duration.labels(source, target).observe(s.duration)
-            estimate = costs.estimate(s.from_model, target)
+            estimate = s.cost_estimate
             if estimate is not None:
                 self.metrics.switch_cost_ema.labels(source, target).set(estimate)
             log_event("model_activated", f"{target} is active after {s.duration:.3f}s", **fields)
