@@ -12,7 +12,7 @@ import msgspec
 
 from llmux.core.messages import Hook, PolicyError, Reject
 from llmux.core.policy import PendingContext, PolicyDecision, ScheduleContext, SwitchPolicy
-from llmux.core.world import HookScript, Settings, World
+from llmux.core.world import HookScript, RequestRecord, Settings, World
 from llmux.policies import build_policy
 from llmux.simulation.workloads import DEFAULT_HOOK, TraceRequest, Workload, generate_profile
 
@@ -209,41 +209,53 @@ def _run_one(
     return _measure(world, workload.name, spec.label, rejected_at, wall)
 
 
-def _measure(
-    world: World, workload: str, policy: str, rejected_at: Mapping[int, float], wall: float
-) -> Result:
-    records = list(world.requests.values())
-    waits: list[float] = []
-    busy: list[tuple[float, float]] = []
-    by_model: dict[str, list[float]] = {}
-    counts: dict[str, int] = {}
-    reasons: dict[str, int] = {}
-    cancelled = unserved = 0
-    first = math.inf
-    last = -math.inf
-    for r in records:
-        first = min(first, r.arrived)
-        counts[r.model] = counts.get(r.model, 0) + 1
-        model_waits = by_model.setdefault(r.model, [])
+class _Tally:
+    """Every request of a run, sorted into what the Result reports."""
+
+    def __init__(self, world: World, rejected_at: Mapping[int, float]) -> None:
+        self.waits: list[float] = []
+        self.busy: list[tuple[float, float]] = []
+        self.by_model: dict[str, list[float]] = {}
+        self.counts: dict[str, int] = {}
+        self.reasons: dict[str, int] = {}
+        self.cancelled = self.unserved = 0
+        self.first, self.last = math.inf, -math.inf
+        for r in world.requests.values():
+            self.first = min(self.first, r.arrived)
+            self.counts[r.model] = self.counts.get(r.model, 0) + 1
+            self.last = max(self.last, self._end(r, world, rejected_at))
+
+    def _end(self, r: RequestRecord, world: World, rejected_at: Mapping[int, float]) -> float:
+        """Files `r` and returns when it was over for its client."""
+        model_waits = self.by_model.setdefault(r.model, [])
         if r.started_at is not None:
             # Waiting ends when the backend starts on it (its first token), which is when
             # llmux grants it unless the backend's slots are all taken.
             wait = r.started_at - r.arrived
-            waits.append(wait)
+            self.waits.append(wait)
             model_waits.append(wait)
             end = r.finished_at if r.finished_at is not None else r.cancelled_at
             end = end if end is not None else world.now
-            busy.append((r.started_at, end))
-        elif r.rejected is not None:
-            reasons[r.rejected] = reasons.get(r.rejected, 0) + 1
-            end = rejected_at.get(r.req_id, r.arrived)
-        elif r.cancelled_at is not None:
-            cancelled += 1
-            end = r.cancelled_at
-        else:
-            unserved += 1
-            end = world.now
-        last = max(last, end)
+            self.busy.append((r.started_at, end))
+            return end
+        if r.rejected is not None:
+            self.reasons[r.rejected] = self.reasons.get(r.rejected, 0) + 1
+            return rejected_at.get(r.req_id, r.arrived)
+        if r.cancelled_at is not None:
+            self.cancelled += 1
+            return r.cancelled_at
+        self.unserved += 1
+        return world.now
+
+
+def _measure(
+    world: World, workload: str, policy: str, rejected_at: Mapping[int, float], wall: float
+) -> Result:
+    records = list(world.requests.values())
+    tally = _Tally(world, rejected_at)
+    waits, busy, reasons = tally.waits, tally.busy, tally.reasons
+    by_model, counts = tally.by_model, tally.counts
+    cancelled, unserved, first, last = tally.cancelled, tally.unserved, tally.first, tally.last
     makespan = max(last - first, 0.0) if records else 0.0
     busy_secs = union_length(busy)
     waits.sort()
@@ -252,16 +264,7 @@ def _measure(
         for _, model, hook in world.hook_runs
     )
     wakes = sum(1 for _, _, hook in world.hook_runs if hook is Hook.WAKE)
-    per_model = {}
-    for model, model_waits in by_model.items():
-        model_waits.sort()
-        per_model[model] = ModelStats(
-            requests=counts[model],
-            served=len(model_waits),
-            wait_p50=_r(percentile(model_waits, 50)),
-            wait_p99=_r(percentile(model_waits, 99)),
-            wait_max=_r(model_waits[-1] if model_waits else None),
-        )
+    per_model = {model: _model_stats(counts[model], w) for model, w in by_model.items()}
     return Result(
         workload=workload,
         policy=policy,
@@ -285,6 +288,17 @@ def _measure(
         per_model=per_model,
         anomalies=len(world.anomalies),
         wall_secs=round(wall, 6),
+    )
+
+
+def _model_stats(requests: int, waits: list[float]) -> ModelStats:
+    waits.sort()
+    return ModelStats(
+        requests=requests,
+        served=len(waits),
+        wait_p50=_r(percentile(waits, 50)),
+        wait_p99=_r(percentile(waits, 99)),
+        wait_max=_r(waits[-1] if waits else None),
     )
 
 
