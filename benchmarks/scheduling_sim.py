@@ -39,7 +39,7 @@ from llmux.core.policy import starvation_bound
 from llmux.core.world import HookScript, Settings, World, bound_inputs
 from llmux.policies import build_policy
 from llmux.simulate import PROFILES, Result, Workload, generate_profile, percentile
-from llmux.simulation.run import _measure
+from llmux.simulation.measure import _measure
 
 SERVICE_MEAN = 0.5  # the profiles draw service times uniformly from 0.25-0.75 s
 SERVICE_MAX = 0.75

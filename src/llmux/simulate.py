@@ -66,15 +66,8 @@ from __future__ import annotations
 
 from llmux.build import settings_from_config
 from llmux.simulation.cli import add_parser, main
-from llmux.simulation.run import (
-    ModelStats,
-    PolicySpec,
-    Result,
-    SimulationError,
-    percentile,
-    simulate,
-    union_length,
-)
+from llmux.simulation.measure import ModelStats, Result, percentile, union_length
+from llmux.simulation.run import PolicySpec, SimulationError, simulate
 from llmux.simulation.workloads import (
     DEFAULT_HOOK,
     PROFILES,

@@ -7,38 +7,7 @@ from collections.abc import Mapping
 import msgspec
 
 from llmux.core.world import HookScript, Settings
-from llmux.simulation.run import Result
-
-# ---- command line ----------------------------------------------------------------------------
-
-USAGE_EPILOG = """\
-trace format (JSON lines, one request per line; blank lines skipped):
-  {"at": 0.0, "model": "qwen-small", "service": 0.5}
-  {"at": 1.25, "model": "llama-large", "service": 2.0, "cancel_after": 10}
-  at: arrival, seconds from the start; service: seconds once granted;
-  cancel_after (optional): the client gives up that long after arriving.
-  Models must be the config's. Unknown keys are errors.
-
-profiles (seeded; 600 s of virtual time unless --duration; service 0.25-0.75 s):
-{profiles}
-  Profiles use the config's models in order; if it has too few, synthetic
-  models a, b, c... make up the rest. Without --trace or --profile: every profile.
-
-hook durations: --hook-secs WAKE,SLEEP for every model, --hook-secs MODEL=WAKE,SLEEP
-  for one (later options win). Default 2,1. Timeout, drain and min-active come
-  from the config's policy block.
-
-policies: --policy TYPE (repeatable), a built-in ({builtins}) or module:Class
-  (imported with the config file's directory first on the path). The config's
-  policy options go to the config's own policy type. Default: the config's policy
-  and every built-in.
-
-measures: switches counts wake hooks (cold start included); switching is time
-  spent in hooks; busy is the share of the makespan (first arrival to last
-  request over) with at least one request being served; waits are arrival to
-  grant for served requests (nearest-rank percentiles); rejected (timeouts,
-  failed wakes) and cancelled requests are counted apart.
-"""
+from llmux.simulation.measure import Result
 
 
 class Report(msgspec.Struct):
