@@ -9,7 +9,6 @@ the picture is fetched and printed again every few seconds until Ctrl-C.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import time
@@ -17,6 +16,8 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 import httpx
+
+from llmux.cli.argtypes import positive_seconds
 
 DEFAULT_WATCH_SECS = 2.0
 # Cursor home, then erase the screen: each frame replaces the last instead of scrolling.
@@ -77,17 +78,6 @@ def render(status: dict[str, Any], url: str, now: float | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _watch_secs(text: str) -> float:
-    """argparse type of `--watch SECONDS`."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
-    return value
-
-
 def add_parser(commands: Any) -> None:
     status = commands.add_parser("status", help="show what a running llmux is doing")
     status.add_argument(
@@ -101,7 +91,7 @@ def add_parser(commands: Any) -> None:
         "--watch",
         nargs="?",
         const=DEFAULT_WATCH_SECS,
-        type=_watch_secs,
+        type=positive_seconds,
         metavar="SECONDS",
         help=f"refresh every SECONDS (default {DEFAULT_WATCH_SECS:g}) until Ctrl-C",
     )

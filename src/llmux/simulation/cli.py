@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 
 from llmux.build import settings_from_config
-from llmux.cli.argtypes import positive_int
+from llmux.cli.argtypes import positive_int, positive_seconds
 from llmux.core.world import HookScript
 from llmux.policies import BUILTIN, PolicyLoadError
 from llmux.simulation.report import Report, table
@@ -99,16 +99,6 @@ def parse_hook_secs(text: str) -> HookOverride:
     return HookOverride(model if sep else None, HookScript(wake, sleep))
 
 
-def _non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
-    return value
-
-
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register `llmux simulate` on the CLI's subcommands."""
     parser = commands.add_parser(
@@ -162,7 +152,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--seed", type=int, default=0, help="seed for the profiles (default 0)")
     parser.add_argument(
         "--duration",
-        type=_non_negative,
+        type=positive_seconds,
         metavar="SECS",
         help="virtual seconds of profile traffic (default 600); for a trace, replay only "
         "the requests arriving before SECS",
