@@ -8,8 +8,6 @@ constructor, which refuses the ones it does not take.
 
 from __future__ import annotations
 
-import difflib
-import inspect
 import os
 import re
 from pathlib import Path
@@ -19,6 +17,7 @@ import msgspec
 
 from llmux.core.messages import Hook
 from llmux.policies import PolicyLoadError, build_policy, resolve_policy_class
+from llmux.policies.options import unknown_option
 
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 ListenPort = Annotated[int, msgspec.Meta(ge=0, le=65535)]
@@ -267,48 +266,10 @@ def _policy_settings(policy: dict[str, Any], origin: str) -> tuple[PolicySetting
 
 
 def _check_policy_options(cls: type[Any], options: dict[str, Any], origin: str) -> None:
-    """Name an option the policy's constructor cannot take, with the closest valid name.
-
-    The constructor's own TypeError ("takes no arguments") names neither the option nor
-    what was meant, and the likeliest mistake is a misspelt field of `policy` itself, which
-    lands here because llmux hands every key it does not know to the policy.
-    """
-    params = _keyword_parameters(cls)
-    if params is None:
-        return  # **kwargs, or no signature to read: let the constructor judge, as before
-    for option in options:
-        if option not in params:
-            detail = _unknown_option_detail(option, cls.__name__, params)
-            raise ConfigError(f"{origin}: policy.{option}: unknown option; {detail}")
-
-
-def _keyword_parameters(cls: type[Any]) -> list[str] | None:
-    """The keyword arguments `cls(...)` takes, or None when it takes any (or cannot tell)."""
-    try:
-        signature = inspect.signature(cls)
-    except (TypeError, ValueError):
-        return None
-    kinds = {inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY}
-    params = signature.parameters.values()
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        return None
-    return [p.name for p in params if p.kind in kinds]
-
-
-def _unknown_option_detail(option: str, class_name: str, params: list[str]) -> str:
-    fields = list(PolicySettings.__struct_fields__)
-    close = difflib.get_close_matches(option, [*fields, *params], n=1)
-    if close and close[0] in params:
-        return f"did you mean `{close[0]}`? (an option of {class_name}'s constructor)"
-    if close:
-        return (
-            f"did you mean `{close[0]}`? (a field of `policy`, not an option of "
-            f"{class_name}'s constructor)"
-        )
-    takes = ", ".join(params) or "no options"
-    return (
-        f"{class_name}'s constructor takes {takes}; the fields of `policy` are {', '.join(fields)}"
-    )
+    found = unknown_option(cls, options, list(PolicySettings.__struct_fields__))
+    if found is not None:
+        option, detail = found
+        raise ConfigError(f"{origin}: policy.{option}: unknown option; {detail}")
 
 
 def _with_field(message: str, prefix: str = "") -> str:

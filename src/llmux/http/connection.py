@@ -21,6 +21,7 @@ import h11
 import trio
 
 from llmux.errors import ClientGone, CutConnection, ErrorKind, LlmuxError
+from llmux.http.limits import PROTOCOL_ERRORS, check_head
 from llmux.observability.logs import log_event
 from llmux.transport.socket_stream import RECEIVE_SIZE, SocketStream, Wakeup
 
@@ -30,13 +31,6 @@ if TYPE_CHECKING:
 # Bytes of a pipelined next request we are willing to hold while answering this one.
 MAX_PIPELINED_BYTES = 64 * 1024
 JSON = (b"content-type", b"application/json")
-
-# h11's status hint for a request it cannot parse, as our error kinds.
-_PROTOCOL_ERRORS = {
-    400: ErrorKind.BAD_REQUEST,
-    413: ErrorKind.BODY_TOO_LARGE,
-    431: ErrorKind.HEADERS_TOO_LARGE,
-}
 
 
 class HttpConnection:
@@ -238,7 +232,7 @@ class HttpConnection:
     async def _answer_protocol_error(self, exc: h11.RemoteProtocolError) -> None:
         if self.h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
-        kind = _PROTOCOL_ERRORS.get(exc.error_status_hint, ErrorKind.BAD_REQUEST)
+        kind = PROTOCOL_ERRORS.get(exc.error_status_hint, ErrorKind.BAD_REQUEST)
         await self._answer_and_close(LlmuxError(kind, f"Malformed HTTP request: {exc}"))
 
     async def _answer_and_close(self, error: LlmuxError) -> None:
@@ -255,27 +249,13 @@ class HttpConnection:
         # Once: iterating h11's Headers goes through Sequence.__iter__, item by item.
         headers = list(request.headers)
         try:
-            self._check_head(request, headers)
+            check_head(request, headers, self.limits)
             self.server.router.admit(request.target.split(b"?", 1)[0], headers)
             body = await self._read_body()
             await self.server.router.route(self, request, headers, body)
         except LlmuxError as exc:
             # A refused body was not read to its end, so the connection cannot be reused.
             await self.respond_error(exc, close=self.h11.their_state is not h11.DONE)
-
-    def _check_head(self, request: h11.Request, headers: list[tuple[bytes, bytes]]) -> None:
-        limits = self.limits
-        if len(headers) > limits.max_headers:
-            raise LlmuxError(
-                ErrorKind.HEADERS_TOO_LARGE, f"More than {limits.max_headers} request headers"
-            )
-        # h11 bounds only a head that arrives in pieces; one that came whole is measured here.
-        head_size = len(request.target) + sum(len(n) + len(v) + 4 for n, v in headers)
-        if head_size > limits.max_header_bytes:
-            raise LlmuxError(
-                ErrorKind.HEADERS_TOO_LARGE,
-                f"Request headers larger than {limits.max_header_bytes} bytes",
-            )
 
     async def _read_body(self) -> bytes:
         if self.h11.they_are_waiting_for_100_continue:
