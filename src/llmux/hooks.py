@@ -63,7 +63,12 @@ class ProcessGroups:
         self._running.discard(pgid)
 
     def keep(self, model: str, pgid: int) -> None:
-        """`model` woke through the hook whose group is `pgid`."""
+        """`model` woke through the hook whose group is `pgid`: kept only while the group has
+        members (left empty, its number could be reused by an unrelated process group)."""
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return
         self._awake[model] = pgid
 
     def forget(self, model: str) -> None:

@@ -80,8 +80,11 @@ class ModelCore:
         # Whether the model has an `alive` hook: an unreachable backend is then asked about
         # at once; without one, repeated failures to connect take it out of service.
         self.alive_probe = alive_probe
-        # Granted requests that found the backend unreachable, since one last got through.
-        self._unreachable: set[int] = set()
+        # Granted requests in a row that found the backend unreachable (since one last got
+        # through), and those of them whose Finish has not come yet (so that it is not taken
+        # for a request that got through; bounded by the in-flight set).
+        self._unreachable_streak = 0
+        self._unreachable_open: set[int] = set()
         # When the next `alive` probe is due (only while Active), and whether one runs now.
         self._probe_at = math.inf
         self._probing = False
@@ -213,8 +216,10 @@ class ModelCore:
             # Already answered (timed out, refused): the client's Finish comes after.
             return []
         self.in_flight.remove(req_id)
-        if self._unreachable and req_id not in self._unreachable:
-            self._unreachable.clear()  # a request got through: the backend is there
+        if req_id in self._unreachable_open:
+            self._unreachable_open.discard(req_id)
+        elif self._unreachable_streak:
+            self._unreachable_streak = 0  # a request got through: the backend is there
         if self.state == ACTIVE and self.queue:
             return self._grant_all(now)
         if self.state == ACTIVE and not self.in_flight and not self.queue:
@@ -334,16 +339,17 @@ class ModelCore:
         Either way it leaves through `died`, so the next request wakes it again."""
         if self.state != ACTIVE or req_id not in self.in_flight:
             return []  # already leaving service, or a stale report
-        self._unreachable.add(req_id)
+        self._unreachable_open.add(req_id)
+        self._unreachable_streak += 1
         if self.alive_probe:
             if self._probing:
                 return []
             self._probing = True
             self._probe_at = math.inf
             return [RunHook(self.name, Hook.ALIVE)]
-        if len(self._unreachable) < UNREACHABLE_FOR_DEATH:
+        if self._unreachable_streak < UNREACHABLE_FOR_DEATH:
             return []
-        count = len(self._unreachable)
+        count = self._unreachable_streak
         return self._leave_service(
             ModelEvent.DIED, f"{count} requests in a row could not reach its backend: {detail}", now
         )
@@ -355,7 +361,8 @@ class ModelCore:
 
     def _leave_service(self, event: str, cause: str, now: float) -> list[ModelEffect]:
         self._probe_at = math.inf
-        self._unreachable.clear()
+        self._unreachable_streak = 0
+        self._unreachable_open.clear()
         self.idle_since = None
         effects = self._take(event, cause, now)
         if self.in_flight and self.drain_before_switch:
