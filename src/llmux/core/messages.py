@@ -132,10 +132,19 @@ class SwitchStatus(msgspec.Struct, frozen=True):
     decided_at: float
 
 
+class ResourceUsage(msgspec.Struct, frozen=True):
+    """One resource: how much the models outside Sleeping hold of its capacity."""
+
+    name: str
+    used: float
+    capacity: float
+
+
 class SchedulerStatus(msgspec.Struct, frozen=True):
     """What the scheduler core reports about itself for the status API."""
 
     phase: str
+    # The model woken (or adopted) last that still holds its resources.
     active: str | None
     pinned: str | None
     switch: SwitchStatus | None
@@ -143,6 +152,9 @@ class SchedulerStatus(msgspec.Struct, frozen=True):
     policy: str
     # Every switch-cost estimate: (from, to, seconds); from None is a cold start.
     switch_costs: list[tuple[str | None, str, float]]
+    # Every model outside Sleeping, in the order they were woken.
+    awake: list[str] = []
+    resources: list[ResourceUsage] = []
 
 
 # ---- control: an operator's commands, through the same machinery as policy decisions -------
@@ -245,9 +257,20 @@ class SendPin(msgspec.Struct, frozen=True):
 
 
 class SwitchStarted(msgspec.Struct, frozen=True):
+    """A switch was decided. `evict`: the models drained and put to sleep to make room (the
+    first is `from_model`); () when the target fits beside every awake model."""
+
     from_model: str | None
     to_model: str
     reason: str
+    at: float
+    evict: tuple[str, ...] = ()
+
+
+class ResourcesUsed(msgspec.Struct, frozen=True):
+    """What the models outside Sleeping hold changed (a wake reserved, a sleep released)."""
+
+    usage: tuple[ResourceUsage, ...]
     at: float
 
 
@@ -320,6 +343,7 @@ SchedulerEffect = (
     | SendPin
     | SwitchStarted
     | SwitchFinished
+    | ResourcesUsed
     | Transition
     | PolicyError
     | CommandReply

@@ -2,8 +2,9 @@
 
 A policy is pure: it gets a context (with `now`) and returns a decision. It never sleeps,
 never awaits and never touches a model; the scheduler core turns its decision into a switch
-that still obeys `min_active_secs`, draining and the single-awake rule. So a policy can be
-wrong about *when* to switch, but it cannot break the multiplexer.
+that still obeys `min_active_secs`, draining and the declared capacities (see
+`llmux.core.capacity`). So a policy can be wrong about *when* to switch, or about *whom* to
+evict, but it cannot break the multiplexer.
 
 The contexts carry what llmux 2.4's `PolicyContext` and `ScheduleContext` carry, in seconds.
 """
@@ -24,17 +25,42 @@ class WaitingSummary(msgspec.Struct, frozen=True):
     oldest_waiting: float
 
 
-class PendingContext(msgspec.Struct, frozen=True):
-    """Asked for each model that has queued requests while another model (or none) is active.
+class ResidentSummary(msgspec.Struct, frozen=True):
+    """A model that holds resources (is not Sleeping), as `PendingContext.residents` lists it."""
 
-    The first eight fields describe the one model asked about. The last three, filled in by
-    the scheduler, give the whole picture of that decision round, so that a policy can
-    compare the candidates instead of judging each alone (they default to "unknown" for a
-    context built by hand): `waiting` lists every model the scheduler will ask about in this
-    round (the target included), `cost_estimates` every switch-cost estimate (EMA, seconds)
-    by (from, to) direction, `from` None being a cold start (a direction missing there has
-    never been observed), and `active_idle_secs` how long the active model has had nothing
-    in flight or queued (None while it is busy, or when no model is active).
+    state: str
+    in_flight: int
+    queue_depth: int
+    # How long it has been Active (0 if it is not).
+    active_duration: float
+    # How long it has had nothing in flight or queued (None while busy or not Active).
+    idle_secs: float | None
+    # Whether it may be evicted now: Active, not pinned, not persistent.
+    evictable: bool
+    needs: Mapping[str, float] = {}
+
+
+class PendingContext(msgspec.Struct, frozen=True):
+    """Asked for each sleeping model that has queued requests.
+
+    The first eight fields describe the one model asked about. "Active" there means the
+    switch's victims: the models the scheduler would evict to make room for the target
+    (`evict`, its default choice). `active_model` is the first of them, None when the target
+    fits beside every awake model (then waking it disturbs nobody); `active_in_flight` sums
+    their requests in flight, `active_duration` is the shortest time any of them has been
+    Active, and `estimated_switch_cost` is for the switch from `active_model`. With one model
+    awake at a time (no `resources` declared) that is simply the active model.
+
+    The other fields, filled in by the scheduler, give the whole picture of that decision
+    round, so that a policy can compare the candidates instead of judging each alone (they
+    default to "unknown" for a context built by hand): `waiting` lists every model the
+    scheduler will ask about in this round (the target included), `cost_estimates` every
+    switch-cost estimate (EMA, seconds) by (from, to) direction, `from` None being a cold
+    start (a direction missing there has never been observed), `active_idle_secs` how long
+    the victims have all had nothing in flight or queued (None while any is busy, or when
+    there is no victim), `evictions` the default victims of every model in `waiting` (()
+    for one that fits beside the awake models), `residents` every model that holds
+    resources, and `free` what is left of each resource.
     """
 
     target_model: str
@@ -48,6 +74,10 @@ class PendingContext(msgspec.Struct, frozen=True):
     waiting: Mapping[str, WaitingSummary] = {}
     cost_estimates: Mapping[tuple[str | None, str], float] = {}
     active_idle_secs: float | None = None
+    evict: tuple[str, ...] = ()
+    evictions: Mapping[str, tuple[str, ...]] = {}
+    residents: Mapping[str, ResidentSummary] = {}
+    free: Mapping[str, float] = {}
 
 
 class ScheduleContext(msgspec.Struct, frozen=True):
@@ -62,10 +92,18 @@ class ScheduleContext(msgspec.Struct, frozen=True):
     # a model missing here has never been observed in that direction.
     switch_costs: Mapping[str, float]
     now: float
+    # Every model outside Sleeping (the active one among them).
+    awake: tuple[str, ...] = ()
 
 
 class SwitchNow(msgspec.Struct, frozen=True):
+    """Wake the target now, evicting `evict` first (None: the scheduler's default choice,
+    `PendingContext.evict`). A list of your own must name only models that may be evicted
+    (`ResidentSummary.evictable`) and free enough room; otherwise it counts as a policy error
+    and the default choice is taken."""
+
     reason: str = ""
+    evict: tuple[str, ...] | None = None
 
 
 class Defer(msgspec.Struct, frozen=True):
