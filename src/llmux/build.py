@@ -27,6 +27,8 @@ SIMULATED: dict[str, str] = {
     "models.max_queue": "Settings.max_queue",
     "models.max_in_flight": "Settings.max_in_flight",
     "models.idle_sleep_secs": "Settings.idle_sleep",
+    "models.needs": "Settings.needs",
+    "models.persistent": "Settings.persistent",
     "policy.type": "the policy the simulation runs (or llmux simulate --policy)",
     "policy.request_timeout_secs": "Settings.request_timeout",
     "policy.drain_before_switch": "Settings.drain_before_switch",
@@ -47,6 +49,11 @@ def settings_from_config(config: Config) -> Settings:
         max_queue=_per_model(models, lambda m: m.max_queue),
         health_interval=_per_model(models, lambda m: m.health_interval_secs),
         alive_probe={name: m.alive is not None for name, m in models.items()},
+        resources=config.resources,
+        needs=None
+        if config.resources is None
+        else {name: dict(m.needs or {}) for name, m in models.items()},
+        persistent=frozenset(name for name, m in models.items() if m.persistent),
     )
 
 

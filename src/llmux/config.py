@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import msgspec
 
+from llmux.config_capacity import capacity_problem
 from llmux.core.messages import Hook
 from llmux.policies import PolicyLoadError, build_policy, resolve_policy_class
 from llmux.policies.options import unknown_option
@@ -24,6 +25,9 @@ ListenPort = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 Seconds = Annotated[float, msgspec.Meta(ge=0)]
 PositiveSeconds = Annotated[float, msgspec.Meta(gt=0)]
 ModelName = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+ResourceName = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+Amount = Annotated[float, msgspec.Meta(ge=0)]
+PositiveAmount = Annotated[float, msgspec.Meta(gt=0)]
 
 
 class ConfigError(Exception):
@@ -54,6 +58,11 @@ class ModelConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     max_in_flight: Annotated[int, msgspec.Meta(ge=1)] | None = None
     # Put the model to sleep after this long active with nothing in flight or waiting.
     idle_sleep_secs: PositiveSeconds | None = None
+    # What it holds of the top-level `resources` while not asleep (GiB, GPUs: the user's
+    # units). Required when `resources` is declared; without, a model holds the one slot.
+    needs: dict[ResourceName, Amount] | None = None
+    # Never evicted to make room for another model.
+    persistent: bool = False
 
     def hook(self, hook: Hook) -> tuple[str | None, float]:
         """The shell command that runs `hook` (None: no alive hook) and its time limit."""
@@ -110,8 +119,10 @@ class _RawConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     shutdown_grace_secs: Seconds = 30.0
     api_keys: list[Annotated[str, msgspec.Meta(min_length=1)]] = []
     limits: Limits = Limits()
-    # A model to wake at start-up (unless another one is found awake and adopted).
-    preload: str | None = None
+    # What the models share, with capacities: {"gpu0": 80}. null: one model awake at a time.
+    resources: dict[ResourceName, PositiveAmount] | None = None
+    # Models to wake at start-up, in order (those that fit beside any found awake).
+    preload: ModelName | list[ModelName] | None = None
     # Where hooks keep their state (pid files, sockets), as LLMUX_STATE_DIR; null: the XDG
     # default (see default_state_dir).
     state_dir: Annotated[str, msgspec.Meta(min_length=1)] | None = None
@@ -128,13 +139,18 @@ class Config(msgspec.Struct, frozen=True):
     shutdown_grace_secs: float = 30.0
     api_keys: list[str] = []
     limits: Limits = Limits()
-    preload: str | None = None
+    resources: dict[str, float] | None = None
+    # One model or a list (a Config built in code may still give one name, or None).
+    preload: str | list[str] | None = None
     log_requests: bool = True
     # Hooks run here, so a relative path in a hook means "next to the config file"; policy
     # modules (`policy.type: "module:Class"`) are imported from here first, likewise.
     base_dir: str = "."
     # Absolute; created at start-up and given to every hook as LLMUX_STATE_DIR.
     state_dir: str = msgspec.field(default_factory=default_state_dir)
+
+    def preload_list(self) -> list[str]:
+        return _names(self.preload)
 
 
 _DECODERS = {
@@ -197,8 +213,10 @@ def build_config(raw: _RawConfig, *, base_dir: str, origin: str) -> Config:
             raise ConfigError(
                 f"{origin}: models.{name}.health_interval_secs: needs an `alive` hook to run"
             )
-    if raw.preload is not None and raw.preload not in models:
-        raise ConfigError(f"{origin}: preload: {raw.preload!r} is not a configured model")
+    preload = _names(raw.preload)
+    problem = capacity_problem(models, raw.resources, preload)
+    if problem is not None:
+        raise ConfigError(f"{origin}: {problem}")
     _check_ports(models, raw.port, origin)
     settings, options = _policy_settings(raw.policy, origin)
     try:
@@ -221,11 +239,16 @@ def build_config(raw: _RawConfig, *, base_dir: str, origin: str) -> Config:
         shutdown_grace_secs=raw.shutdown_grace_secs,
         api_keys=raw.api_keys,
         limits=raw.limits,
-        preload=raw.preload,
+        resources=raw.resources,
+        preload=preload,
         log_requests=raw.log_requests,
         base_dir=base_dir,
         state_dir=resolve_state_dir(raw.state_dir, base_dir),
     )
+
+
+def _names(value: str | list[str] | None) -> list[str]:
+    return [value] if isinstance(value, str) else list(value or [])
 
 
 def check_listen_port(config: Config, port: int) -> None:

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 import trio
 
 from llmux.actors import ModelActor, SchedulerActor
+from llmux.build import settings_from_config
 from llmux.config import Config
 from llmux.core.messages import Adopt, Hook, ManualWake
 from llmux.core.startup import plan_startup
@@ -27,7 +28,7 @@ async def adopt_awake_models(
     scheduler: SchedulerActor,
     telemetry: Telemetry,
 ) -> None:
-    """Probe, put extra awake models to sleep, adopt one (or preload), before serving."""
+    """Probe, adopt the awake models that fit, put the rest to sleep, preload, before serving."""
     alive: dict[str, bool] = {}
 
     async def probe(name: str) -> None:
@@ -40,21 +41,24 @@ async def adopt_awake_models(
         for name, model in config.models.items():
             if model.alive is not None:
                 probes.start_soon(probe, name)
-    plan = plan_startup(list(config.models), alive)
+    capacity = settings_from_config(config).capacity(config.models)
+    plan = plan_startup(list(config.models), alive, capacity, config.preload_list())
     async with trio.open_nursery() as sleepers:
         for name in plan.put_to_sleep:
             log_event(
                 "startup_sleep",
-                f"{name} was awake at start-up besides {plan.adopt}: putting it to sleep",
+                f"{name} was awake at start-up but does not fit beside "
+                f"{', '.join(plan.adopt)}: putting it to sleep",
                 level=logging.WARNING,
                 model=name,
             )
             sleepers.start_soon(sleep_now, name)
-    if plan.adopt is None and config.preload is not None:
-        scheduler.post(ManualWake(config.preload, "preload"))
-    if plan.adopt is not None:
-        actors[plan.adopt].post(Adopt("alive hook succeeded at start-up"))
+    for name in plan.adopt:
+        actors[name].post(Adopt("alive hook succeeded at start-up"))
+    if plan.adopt:
         # Serve nothing before the scheduler knows: a request for another model must not
-        # find the GPU looking free.
-        adopted = plan.adopt
-        await scheduler.wait_for(lambda status: status.active == adopted)
+        # find the resources looking free.
+        adopted = set(plan.adopt)
+        await scheduler.wait_for(lambda status: adopted <= set(status.awake))
+    for name in plan.preload:
+        scheduler.post(ManualWake(name, "preload"))

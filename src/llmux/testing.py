@@ -15,8 +15,13 @@ from this module too.
 
 The invariants (`InvariantViolation.invariant` names the one that broke):
 
-- ``single-awake``: at most one model is outside Sleeping at any instant, checked at every
-  lifecycle transition, in the order the cores took them.
+- ``capacity``: for every resource, the needs of the models outside Sleeping (Waking,
+  Active, Draining, SleepingDown) sum to at most its capacity, checked at every lifecycle
+  transition, in the order the cores took them. Without declared resources every model
+  needs the whole of one implicit resource: at most one model awake (the rule was called
+  ``single-awake`` then, and `SINGLE_AWAKE` still names it).
+- ``eviction``: a model is evicted to make room only while it is Active and not
+  persistent: never one that is Waking, Draining or SleepingDown.
 - ``admission``: a request is granted only by a model that is Active.
 - ``drain``: with `drain_before_switch`, a sleep hook never starts while the model has
   requests in flight, and a Draining model always has some (it is not stuck). Without it,
@@ -54,8 +59,10 @@ from llmux.testkit.conformance import PolicyMachine, conformance_machine, policy
 from llmux.testkit.invariants import (
     ADMISSION,
     CANCELLATION,
+    CAPACITY,
     DRAIN,
     EDGES,
+    EVICTION,
     INVARIANTS,
     NO_ANOMALY,
     NO_LIVELOCK,
@@ -70,6 +77,7 @@ from llmux.testkit.profiles import load_profile, register_profiles
 from llmux.testkit.schedules import (
     PlannedRequest,
     Schedule,
+    capacity_settings,
     endless_traffic,
     hook_scripts,
     quantized,
@@ -80,8 +88,10 @@ from llmux.testkit.schedules import (
 __all__ = [
     "ADMISSION",
     "CANCELLATION",
+    "CAPACITY",
     "DRAIN",
     "EDGES",
+    "EVICTION",
     "INVARIANTS",
     "NOTHING_LOST",
     "NO_ANOMALY",
@@ -95,6 +105,7 @@ __all__ = [
     "PlannedRequest",
     "PolicyMachine",
     "Schedule",
+    "capacity_settings",
     "conformance_machine",
     "endless_traffic",
     "hook_scripts",

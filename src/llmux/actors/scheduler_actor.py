@@ -21,6 +21,7 @@ from llmux.core.messages import (
     ManualWake,
     Pin,
     PolicyError,
+    ResourcesUsed,
     SchedulerInput,
     SchedulerStatus,
     SendDrain,
@@ -58,6 +59,7 @@ class SchedulerActor:
         self._replies: dict[int, trio.MemorySendChannel[CommandReply]] = {}
         self._reply_ids = itertools.count()
         self.quiet = trio.Event()
+        telemetry.resources_used(core.status().resources)
         self._handled = trio.Event()
 
     def post(self, message: SchedulerInput) -> None:
@@ -107,6 +109,8 @@ class SchedulerActor:
                     self.telemetry.switch_started(effect)
                 case SwitchFinished():
                     self.telemetry.switch_finished(effect)
+                case ResourcesUsed(usage=usage):
+                    self.telemetry.resources_used(usage)
                 case WoundDown():
                     self.quiet.set()
                 case PolicyError():

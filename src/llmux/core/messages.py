@@ -155,6 +155,9 @@ class SchedulerStatus(msgspec.Struct, frozen=True):
     # Every model outside Sleeping, in the order they were woken.
     awake: list[str] = []
     resources: list[ResourceUsage] = []
+    # What each model holds while not asleep, and which are never evicted to make room.
+    needs: dict[str, dict[str, float]] = {}
+    persistent: list[str] = []
 
 
 # ---- control: an operator's commands, through the same machinery as policy decisions -------

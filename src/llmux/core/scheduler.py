@@ -170,6 +170,8 @@ class SchedulerCore:
             switch_costs=[(s, t, estimate) for (s, t), estimate in self.costs.items()],
             awake=self._awake_in_order(),
             resources=list(self._usage),
+            needs={name: dict(self.capacity.needs_of(name)) for name in self.views},
+            persistent=sorted(self.capacity.persistent),
         )
 
     def awake(self) -> list[str]:

@@ -1,7 +1,7 @@
-"""What to do with models that are already awake when llmux starts.
+"""What to do with models that are already awake when llmux starts, and what to preload.
 
-llmux may restart while a model is loaded (a crash, an upgrade, a box that was used by hand).
-Waking another model next to it could run the GPU out of memory, so models with an `alive`
+llmux may restart while models are loaded (a crash, an upgrade, a box that was used by hand).
+Waking another model next to them could run the GPU out of memory, so models with an `alive`
 hook are probed first and the result decides the plan.
 """
 
@@ -11,16 +11,33 @@ from collections.abc import Mapping, Sequence
 
 import msgspec
 
+from llmux.core.capacity import Capacity
+
 
 class StartupPlan(msgspec.Struct, frozen=True):
-    adopt: str | None
+    adopt: tuple[str, ...]
     put_to_sleep: tuple[str, ...]
+    # The preload models to wake, in order: those that fit beside the adopted ones.
+    preload: tuple[str, ...] = ()
 
 
-def plan_startup(models: Sequence[str], alive: Mapping[str, bool]) -> StartupPlan:
-    """Adopt the first awake model in config order; every other awake one goes to sleep, so
-    the single-awake rule holds from the first request on."""
-    awake = [name for name in models if alive.get(name, False)]
-    if not awake:
-        return StartupPlan(None, ())
-    return StartupPlan(awake[0], tuple(awake[1:]))
+def plan_startup(
+    models: Sequence[str],
+    alive: Mapping[str, bool],
+    capacity: Capacity | None = None,
+    preload: Sequence[str] = (),
+) -> StartupPlan:
+    """Adopt the awake models in config order as long as they fit beside those adopted
+    before them; every other awake one goes to sleep, so the capacities hold from the first
+    request on. Then preload what fits beside the adopted models."""
+    capacity = capacity if capacity is not None else Capacity.single(models)
+    adopt: list[str] = []
+    put_to_sleep: list[str] = []
+    for name in models:
+        if alive.get(name, False):
+            (adopt if capacity.fits(name, adopt) else put_to_sleep).append(name)
+    woken = list(adopt)
+    for name in preload:
+        if name not in woken and capacity.fits(name, woken):
+            woken.append(name)
+    return StartupPlan(tuple(adopt), tuple(put_to_sleep), tuple(woken[len(adopt) :]))

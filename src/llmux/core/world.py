@@ -21,6 +21,7 @@ from typing import TypeVar
 
 import msgspec
 
+from llmux.core.capacity import Capacity
 from llmux.core.cost import SwitchCostTracker
 from llmux.core.messages import (
     Acquire,
@@ -107,6 +108,17 @@ class Settings(msgspec.Struct, frozen=True):
     health_interval: float | dict[str, float | None] | None = None
     # Which models have an alive hook (probed at once when their backend is unreachable).
     alive_probe: bool | dict[str, bool] = False
+    # The resources the models share, with capacities (None: one model awake at a time),
+    # and what each model holds of them while not asleep (a model left out holds nothing).
+    resources: dict[str, float] | None = None
+    needs: dict[str, dict[str, float]] | None = None
+    # Models never evicted to make room.
+    persistent: frozenset[str] = frozenset()
+
+    def capacity(self, models: Iterable[str]) -> Capacity:
+        if self.resources is None:
+            return Capacity.single(models, self.persistent)
+        return Capacity(self.resources, self.needs or {}, self.persistent)
 
     def max_in_flight_of(self, model: str) -> int | None:
         return _of(self.max_in_flight, model)
@@ -157,6 +169,7 @@ def scheduler_core(
         failure_backoff=failure_backoff,
         costs=costs,
         idle_sleep={name: settings.idle_sleep_of(name) for name in models},
+        capacity=settings.capacity(models),
     )
 
 

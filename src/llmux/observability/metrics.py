@@ -121,6 +121,16 @@ class Metrics:
             ["model", "state"],
             registry=r,
         )
+        self.resource_used = Gauge(
+            "llmux_resource_used",
+            "What the models outside Sleeping hold of the resource (needs reserved from the "
+            "wake's start until the sleep is over)",
+            ["resource"],
+            registry=r,
+        )
+        self.resource_capacity = Gauge(
+            "llmux_resource_capacity", "The resource's declared capacity", ["resource"], registry=r
+        )
         self.policy_errors = Counter(
             "llmux_policy_errors",
             "Policy calls that raised or answered no decision (FIFO decided that call instead)",

@@ -49,12 +49,16 @@ def build_status(
             "port": actor.config.port,
         }
     picture = scheduler.status()
+    for name, entry in model_status.items():
+        entry["needs"] = picture.needs.get(name, {})
+        entry["persistent"] = name in picture.persistent
     switch = picture.switch
     return {
         "models": model_status,
         "scheduler": {
             "phase": picture.phase,
             "active": picture.active,
+            "awake": picture.awake,
             "pinned": picture.pinned,
             "switch": None
             if switch is None
@@ -68,6 +72,9 @@ def build_status(
             "last_transition": journal.last_by_subject.get("scheduler"),
             "policy": picture.policy,
         },
+        "resources": [
+            {"name": r.name, "used": r.used, "capacity": r.capacity} for r in picture.resources
+        ],
         "switch_costs": [
             {"from": source or "idle", "to": target, "estimate_secs": round(estimate, 6)}
             for source, target, estimate in picture.switch_costs

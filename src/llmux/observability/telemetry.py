@@ -16,6 +16,7 @@ from llmux.core.messages import (
     PolicyError,
     Reject,
     RejectReason,
+    ResourceUsage,
     SwitchFinished,
     SwitchStarted,
     Transition,
@@ -184,11 +185,18 @@ class Telemetry:
         )
 
     def switch_started(self, s: SwitchStarted) -> None:
+        evicting = f" (evicting {', '.join(s.evict)})" if len(s.evict) > 1 else ""
         log_event(
             "switch_started",
-            f"switching {s.from_model or IDLE} -> {s.to_model}: {s.reason}",
+            f"switching {s.from_model or IDLE} -> {s.to_model}{evicting}: {s.reason}",
             **_fields(source=s.from_model or IDLE, target=s.to_model, reason=s.reason),
+            evict=list(s.evict),
         )
+
+    def resources_used(self, usage: Iterable[ResourceUsage]) -> None:
+        for resource in usage:
+            self.metrics.resource_used.labels(resource.name).set(resource.used)
+            self.metrics.resource_capacity.labels(resource.name).set(resource.capacity)
 
     def switch_finished(self, s: SwitchFinished) -> None:
         source = s.from_model or IDLE

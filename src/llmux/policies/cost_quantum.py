@@ -16,6 +16,9 @@ policy sits between the two, with the classic remedies (see docs/scheduling.md):
   in its traffic shorter than that does not cost a switch, while a model whose traffic has
   stopped is left after a small fraction of what a visit may last). Only models with
   waiting requests are candidates.
+- **A wake that evicts nobody goes at once.** With several models awake (declared
+  `resources`), a waiting model that fits beside them disturbs no visit, so it is woken
+  without waiting for another model's quantum.
 - **Next model by demand, cost and age.** Among the waiting models, the next is the one with
   the most waiting per second of switching: queue depth x age of its oldest request /
   C(active, model) (ties: the oldest waiter).
@@ -128,7 +131,7 @@ class CostQuantumPolicy(BasePolicy):
         estimates = dict(ctx.cost_estimates)
         if ctx.estimated_switch_cost is not None:
             estimates.setdefault((ctx.active_model, ctx.target_model), ctx.estimated_switch_cost)
-        costs = {m: self.estimated_cost(ctx.active_model, m, estimates) for m in waiting}
+        costs = {m: self.estimated_cost(_first_victim(ctx, m), m, estimates) for m in waiting}
 
         def rank(model: str) -> tuple[float, float, str]:
             summary = waiting[model]
@@ -136,6 +139,10 @@ class CostQuantumPolicy(BasePolicy):
             return (-score, -summary.oldest_waiting, model)
 
         best = min(waiting, key=rank)
+        if best != ctx.target_model and _fits(ctx, ctx.target_model) and not _fits(ctx, best):
+            # Waking the target evicts nobody, so no visit is cut short: it need not wait for
+            # the quantum that holds `best` back.
+            return SwitchNow(f"fits beside the awake models ({best} waits for room)")
         if ctx.active_model is not None:
             cost = costs[best]
             visit_left = self.quantum_factor * cost - ctx.active_duration
@@ -186,3 +193,17 @@ class CostQuantumPolicy(BasePolicy):
             return None
         cycle = inputs.switch_cycle_secs()
         return self.max_wait_secs + inputs.models * cycle + max(cycle, inputs.failure_backoff)
+
+
+def _fits(ctx: PendingContext, model: str) -> bool:
+    """Whether waking `model` evicts nobody (as far as the context says)."""
+    return ctx.evictions.get(model) == ()
+
+
+def _first_victim(ctx: PendingContext, model: str) -> str | None:
+    """The model a switch to `model` would evict first: the direction of its cost. A context
+    built by hand (no `evictions`) has only the active model to go by."""
+    victims = ctx.evictions.get(model)
+    if victims is None:
+        return ctx.active_model
+    return victims[0] if victims else None

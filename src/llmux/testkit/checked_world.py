@@ -16,6 +16,7 @@ from llmux.core.messages import (
     Reject,
     RunHook,
     Shutdown,
+    SwitchStarted,
     Transition,
 )
 from llmux.core.model import ACTIVE, DRAINING, ModelCore
@@ -87,7 +88,10 @@ class CheckedWorld:
             liveness_horizon = 10 * (len(hooks) * cycle + max(cycle, self.inputs.failure_backoff))
         self.liveness_horizon = liveness_horizon
         self.monitor = Monitor(
-            hooks, drain_before_switch=settings.drain_before_switch, bound=self.bound
+            hooks,
+            drain_before_switch=settings.drain_before_switch,
+            bound=self.bound,
+            capacity=settings.capacity(hooks),
         )
         self.last_arrival = 0.0
         self._failures_seen = 0
@@ -117,6 +121,8 @@ class CheckedWorld:
                 self.monitor.sleep_hook_started(model, world.models[model].in_flight, world.now)
             case Transition():
                 self.monitor.transition(effect)
+            case SwitchStarted():
+                self.monitor.switch_started(effect)
             case Anomaly():
                 self.monitor.anomaly(effect)
             case PolicyError():

@@ -31,6 +31,7 @@ from llmux.testkit.checked_world import CheckedWorld
 from llmux.testkit.invariants import QUANTUM
 from llmux.testkit.schedules import (
     PlannedRequest,
+    capacity_settings,
     endless_traffic,
     hook_scripts,
     quantized,
@@ -98,10 +99,13 @@ def conformance_machine(
     request_timeout: float | Literal["any"] | None = "any",
     drain_before_switch: bool | None = None,
     core_class: type[ModelCore] = ModelCore,
+    capacities: bool = True,
 ) -> type[PolicyMachine]:
     """The Hypothesis state machine that `policy_conformance` runs.
 
-    `request_timeout="any"` and `drain_before_switch=None` let each example choose.
+    `request_timeout="any"` and `drain_before_switch=None` let each example choose; with
+    `capacities`, each example also draws resources, needs and persistent models (or none:
+    one model awake at a time), see `capacity_settings`.
     """
     options = dict(policy_options or {})
     config = _Config(
@@ -124,6 +128,8 @@ def conformance_machine(
         else st.just(request_timeout)
     )
 
+    capacity_draws = capacity_settings(config.models) if capacities else st.just({})
+
     def has_live_requests(self: PolicyMachine) -> bool:
         return self.checked is not None and bool(self.checked.world.live_requests())
 
@@ -132,10 +138,20 @@ def conformance_machine(
             hooks=st.fixed_dictionaries({m: hook_scripts(max_hook_secs) for m in config.models}),
             drain=drains,
             timeout=timeouts,
+            capacity=capacity_draws,
         )
-        def start(self, hooks: dict[str, HookScript], drain: bool, timeout: float | None) -> None:
+        def start(
+            self,
+            hooks: dict[str, HookScript],
+            drain: bool,
+            timeout: float | None,
+            capacity: dict[str, Any],
+        ) -> None:
             settings = Settings(
-                request_timeout=timeout, drain_before_switch=drain, min_active=min_active
+                request_timeout=timeout,
+                drain_before_switch=drain,
+                min_active=min_active,
+                **capacity,
             )
             self.checked = CheckedWorld(
                 hooks,
@@ -201,6 +217,7 @@ def policy_conformance(
     drain_before_switch: bool | None = None,
     core_class: type[ModelCore] = ModelCore,
     hypothesis_settings: settings | None = None,
+    capacities: bool = True,
 ) -> type[unittest.TestCase]:
     """A unittest/pytest test case class holding `policy_class` to every llmux invariant.
 
@@ -213,7 +230,8 @@ def policy_conformance(
 
     The class has two tests: the state machine (`test_state_machine`), and
     `test_endless_traffic_does_not_starve_another_model` (only meaningful with a declared
-    bound: one model always busy, one request for another).
+    bound: one model always busy, one request for another). With `capacities` (the
+    default) both draw resources, needs and persistent models for each example.
     """
     machine = conformance_machine(
         policy_class,
@@ -225,6 +243,7 @@ def policy_conformance(
         request_timeout=request_timeout,
         drain_before_switch=drain_before_switch,
         core_class=core_class,
+        capacities=capacities,
     )
     config = machine.config
     busy, other = config.models[0], config.models[1]
@@ -233,10 +252,14 @@ def policy_conformance(
         base = hypothesis_settings if hypothesis_settings is not None else settings()
         return settings(base, deadline=None, suppress_health_check=list(HealthCheck))
 
+    capacity_draws = capacity_settings(config.models) if capacities else st.just({})
+    Case = tuple[dict[str, HookScript], list[PlannedRequest], dict[str, Any]]
+
     @st.composite
-    def traffic_cases(draw: st.DrawFn) -> tuple[dict[str, HookScript], list[PlannedRequest]]:
+    def traffic_cases(draw: st.DrawFn) -> Case:
         hooks = draw(st.fixed_dictionaries({m: hook_scripts(max_hook_secs) for m in models}))
-        return hooks, draw(endless_traffic(busy, other, max_service=max_service))
+        schedule = draw(endless_traffic(busy, other, max_service=max_service))
+        return hooks, schedule, draw(capacity_draws)
 
     class ConformanceTest(machine.TestCase):  # type: ignore[name-defined,misc]
         def test_state_machine(self) -> None:
@@ -248,13 +271,13 @@ def policy_conformance(
 
             @current_settings()
             @given(traffic_cases())
-            def check(case: tuple[dict[str, HookScript], list[PlannedRequest]]) -> None:
-                hooks, schedule = case
+            def check(case: Case) -> None:
+                hooks, schedule, capacity = case
                 checked = run_schedule(
                     config.policy_factory(),
                     hooks,
                     schedule,
-                    Settings(timeout, drain, min_active),
+                    Settings(timeout, drain, min_active, **capacity),
                     max_service=max_service,
                     core_class=core_class,
                 )

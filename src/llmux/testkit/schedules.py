@@ -37,6 +37,36 @@ def hook_scripts(max_secs: float = 2.0, *, failures: bool = False) -> st.SearchS
     )
 
 
+def capacity_settings(
+    models: Sequence[str], *, max_resources: int = 2, max_units: int = 6
+) -> st.SearchStrategy[dict[str, Any]]:
+    """The capacity part of `Settings` (`resources`, `needs`, `persistent`), to be merged
+    into one: half the time {} (no resources: one model awake at a time), otherwise one or
+    more resources with arbitrary whole capacities, arbitrary needs (0 included) and some
+    persistent models, always a deployment the config would accept (persistent models fit
+    together, and every other model fits beside them)."""
+
+    @st.composite
+    def draw_capacity(draw: st.DrawFn) -> dict[str, Any]:
+        if draw(st.booleans()):
+            return {}
+        names = [f"gpu{i}" for i in range(draw(st.integers(1, max_resources)))]
+        resources = {r: float(draw(st.integers(1, max_units))) for r in names}
+        persistent = draw(st.frozensets(st.sampled_from(list(models)), max_size=len(models) - 1))
+        left = dict(resources)
+        needs: dict[str, dict[str, float]] = {}
+        # Persistent models take at most half of what is left each, so the others still fit.
+        for model in sorted(persistent):
+            needs[model] = {r: float(draw(st.integers(0, int(left[r] // 2)))) for r in names}
+            left = {r: left[r] - needs[model][r] for r in names}
+        for model in models:
+            if model not in persistent:
+                needs[model] = {r: float(draw(st.integers(0, int(left[r])))) for r in names}
+        return {"resources": resources, "needs": needs, "persistent": persistent}
+
+    return draw_capacity()
+
+
 class PlannedRequest(msgspec.Struct, frozen=True):
     """One request of a schedule: its client leaves `cancel_after` seconds after arriving
     (None: it stays until it is answered and served)."""
