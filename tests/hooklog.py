@@ -1,5 +1,5 @@
 """The hook log both end-to-end suites keep: `EPOCH.NANOS MODEL wake|sleep start|end|failed`
-lines appended by their hook scripts, and the single-awake check read from it."""
+lines appended by their hook scripts, and the capacity checks read from it."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from llmux.core.capacity import Capacity
 
 
 @dataclass(frozen=True)
@@ -47,4 +49,24 @@ def single_awake_violations(
         elif event.action == "sleep" and event.phase in ("end", "failed"):
             awake.discard(event.model)
             last_sleep_end = max(last_sleep_end, event.at)
+    return problems
+
+
+def capacity_violations(
+    events: Iterable[HookEvent], capacity: Capacity, initially_awake: Iterable[str] = ()
+) -> list[str]:
+    """From the hook log: a wake never starts unless its needs fit beside what every model
+    that may be awake holds (from its wake's start until its sleep has ended or failed)."""
+    holding: set[str] = set(initially_awake)
+    problems = []
+    for event in events:
+        if event.action == "wake" and event.phase == "start":
+            over = capacity.over([*holding, event.model])
+            if over:
+                problems.append(
+                    f"{event.at:.3f}: {event.model} woke beside {sorted(holding)}: {over}"
+                )
+            holding.add(event.model)
+        elif event.action == "sleep" and event.phase in ("end", "failed"):
+            holding.discard(event.model)
     return problems

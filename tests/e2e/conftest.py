@@ -20,9 +20,15 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from llmux.app import App
+from llmux.build import settings_from_config
 from llmux.config import Config, Limits, ModelConfig, PolicySettings
 from llmux.standin import Standin
-from tests.hooklog import HookEvent, read_hook_log, single_awake_violations
+from tests.hooklog import (
+    HookEvent,
+    capacity_violations,
+    read_hook_log,
+    single_awake_violations,
+)
 from tests.waiting import wait_until
 
 HOOK = Path(__file__).with_name("hook.sh")
@@ -100,8 +106,15 @@ class Rig:
         return [f"{e.model}:{e.action}" for e in self.hook_events() if e.phase == "start"]
 
     def assert_single_awake(self) -> None:
-        """From the hook log: no wake starts before the previous model's sleep has ended."""
-        assert single_awake_violations(self.hook_events(), self.initially_awake) == []
+        """From the hook log: no wake starts before the previous model's sleep has ended
+        (with declared resources: before its needs fit beside every model that may be awake)."""
+        config = self.app.config
+        if config.resources is None:
+            assert single_awake_violations(self.hook_events(), self.initially_awake) == []
+        else:
+            capacity = settings_from_config(config).capacity(config.models)
+            events = self.hook_events()
+            assert capacity_violations(events, capacity, self.initially_awake) == []
 
     async def hooks_become(self, expected: list[str]) -> None:
         """Wait (bounded) until the hook log shows exactly `expected`: hooks are other
@@ -167,8 +180,11 @@ async def running(
     limits: Limits | None = None,
     api_keys: tuple[str, ...] = (),
     idle_sleep_secs: float | None = None,
-    preload: str | None = None,
+    preload: str | list[str] | None = None,
     alive: bool = True,
+    resources: dict[str, float] | None = None,
+    needs: dict[str, dict[str, float]] | None = None,
+    persistent: tuple[str, ...] = (),
     **policy: Any,
 ) -> AsyncIterator[Rig]:
     """llmux and one gated backend per model; on exit, a graceful shutdown, then the check
@@ -201,9 +217,12 @@ async def running(
                     max_queue=max_queue,
                     max_in_flight=max_in_flight,
                     idle_sleep_secs=idle_sleep_secs,
+                    needs=None if needs is None else needs.get(name, {}),
+                    persistent=name in persistent,
                 )
                 for name in models
             },
+            resources=resources,
             policy=PolicySettings(**policy),
             port=0,
             shutdown_grace_secs=shutdown_grace_secs,

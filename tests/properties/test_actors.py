@@ -28,6 +28,7 @@ from llmux.core.model import ModelCore
 from llmux.core.policy import SwitchPolicy, starvation_bound
 from llmux.core.scheduler import SchedulerCore
 from llmux.core.world import HookScript, RequestRecord, Settings, bound_inputs, model_core
+from llmux.core.world import scheduler_core as make_scheduler_core
 from llmux.hooks import HookOutcome, HookRunner
 from llmux.observability.metrics import Metrics
 from llmux.observability.telemetry import Telemetry
@@ -37,6 +38,7 @@ from llmux.testing import (
     InvariantViolation,
     Monitor,
     PlannedRequest,
+    capacity_settings,
     hook_scripts,
     quantized,
     request_schedules,
@@ -89,7 +91,7 @@ class RecordingTelemetry(Telemetry):
         pass
 
     def switch_started(self, s: Any) -> None:
-        pass
+        self.check(self.monitor.switch_started, s)
 
     def switch_finished(self, s: Any) -> None:
         pass
@@ -138,9 +140,16 @@ def run_actors(
     cores = {name: model_core(name, settings, core_class) for name in scripts}
     inputs = bound_inputs(scripts, settings, max_service=MAX_SERVICE)
     bound = starvation_bound(policy, inputs)
-    monitor = Monitor(scripts, drain_before_switch=settings.drain_before_switch, bound=bound)
+    monitor = Monitor(
+        scripts,
+        drain_before_switch=settings.drain_before_switch,
+        bound=bound,
+        capacity=settings.capacity(scripts),
+    )
     telemetry = RecordingTelemetry(monitor, cores)
-    scheduler_core = scheduler_class(list(scripts), policy, min_active=settings.min_active)
+    scheduler_core = make_scheduler_core(
+        list(scripts), policy, settings, core_class=scheduler_class
+    )
     served = [Served(RequestRecord(i, p.model, p.at, p.service)) for i, p in enumerate(schedule)]
     failures = sum(len(s.wake_failures) + len(s.sleep_failures) for s in scripts.values())
     cycle = inputs.switch_cycle_secs()
@@ -249,7 +258,9 @@ def cases(
     min_active = draw(quantized(0.0, 2.0))
     # Mostly unlimited, so that most examples are held to the policy's starvation bound.
     max_in_flight = draw(st.sampled_from([None, None, None, 1, 2, 3]))
-    return scripts, schedule, Settings(timeout, drain, min_active, max_in_flight=max_in_flight)
+    capacity = draw(capacity_settings(MODELS))
+    settings = Settings(timeout, drain, min_active, max_in_flight=max_in_flight, **capacity)
+    return scripts, schedule, settings
 
 
 @pytest.mark.parametrize("drain", [True, False], ids=["drain", "no-drain"])

@@ -19,11 +19,14 @@ that differs from a correct run is itself the violation.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import run_state_machine_as_test
 
+from llmux.core.capacity import Capacity
 from llmux.core.messages import (
     Acquire,
     Drain,
@@ -38,6 +41,7 @@ from llmux.core.messages import (
     SchedulerInput,
     SendDrain,
     SendWake,
+    SwitchStarted,
 )
 from llmux.core.model import ModelCore
 from llmux.core.policy import (
@@ -55,8 +59,10 @@ from llmux.policies.fifo import FifoPolicy
 from llmux.testing import (
     ADMISSION,
     CANCELLATION,
+    CAPACITY,
     DRAIN,
     EDGES,
+    EVICTION,
     NO_ANOMALY,
     NO_LIVELOCK,
     NO_STARVATION,
@@ -232,6 +238,44 @@ class ImpatientScheduler(SchedulerCore):
         return effects
 
 
+class OverbookingScheduler(SchedulerCore):
+    """Believes every resource is one unit larger than declared (with no resources
+    declared: that two models fit where one does)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        true = self.capacity
+        self.capacity = Capacity(
+            {name: amount + 1 for name, amount in true.resources.items()},
+            true.needs,
+            true.persistent,
+        )
+
+
+class LoadingEvictor(SchedulerCore):
+    """Evicts a model that is still waking to make room for another that waits (the race
+    Ollama and llama.cpp's router fixed: unloading a model that is loading)."""
+
+    def handle(self, message: SchedulerInput, now: float) -> list[SchedulerEffect]:
+        effects = super().handle(message, now)
+        waking = [name for name, view in self.views.items() if view.state == "Waking"]
+        waiting = [
+            name for name, view in self.views.items() if view.queue_depth and name not in waking
+        ]
+        if waking and waiting:
+            effects.append(
+                SwitchStarted(waking[0], waiting[0], "evict the loader", now, (waking[0],))
+            )
+        return effects
+
+
+class PersistenceIgnored(SchedulerCore):
+    """Evicts persistent models like any other."""
+
+    def _evictable(self, model: str) -> bool:
+        return self.views[model].state == "Active" and model != self.pinned
+
+
 # ---- the tests ------------------------------------------------------------------------------
 #
 # Each test names the invariants its breakage can trip (see the module docstring), and why.
@@ -398,3 +442,46 @@ def test_the_actor_suite_catches_reports_that_cross_commands() -> None:
     # make one wait past the bound. Any invariant it trips is this breakage's (FIFO and the
     # real actors pass the actor suite), so the set is every invariant the actor suite checks.
     tripped(info.value, *ACTOR_SUITE_INVARIANTS)
+
+
+# ---- capacity (several models awake) ----------------------------------------------------------
+
+
+def test_a_scheduler_that_exceeds_a_capacity_by_one_unit_is_caught() -> None:
+    # Its first deviation is a wake that does not fit, caught at that model's wake transition.
+    # Drawn capacities give every deployment one unit of slack it does not have.
+    caught(conformance_machine(FifoPolicy, scheduler_class=OverbookingScheduler), CAPACITY)
+
+
+def test_a_scheduler_that_evicts_a_model_still_waking_is_caught() -> None:
+    # Caught as the eviction is decided, before anything is done to the loading model.
+    caught(conformance_machine(FifoPolicy, scheduler_class=LoadingEvictor), EVICTION)
+
+
+def test_a_scheduler_that_evicts_a_persistent_model_is_caught() -> None:
+    # Only a drawn deployment with a persistent model can show it, and then the eviction
+    # decision itself is the violation.
+    caught(conformance_machine(FifoPolicy, scheduler_class=PersistenceIgnored), EVICTION)
+
+
+def test_an_eviction_that_does_not_wait_for_granted_requests_is_caught() -> None:
+    # A victim with granted requests put to sleep at once (its drain skipped), in a fixed run
+    # where c's wake must evict b while b serves a long request.
+    hooks = {m: HookScript(1.0, 1.0) for m in "abc"}
+    settings = Settings(
+        resources={"g": 80.0},
+        needs={"a": {"g": 30.0}, "b": {"g": 40.0}, "c": {"g": 50.0}},
+    )
+    for core_class, expected in ((ModelCore, None), (HastyCore, DRAIN)):
+        checked = CheckedWorld(
+            hooks, FifoPolicy(), settings, max_service=10.0, core_class=core_class
+        )
+        checked.submit("a", 0.0, 1.0)
+        checked.submit("b", 0.0, 10.0)
+        checked.submit("c", 5.0, 1.0)
+        if expected is None:
+            checked.settle()  # the correct core drains b first: nothing to catch
+            continue
+        with pytest.raises(InvariantViolation) as info:
+            checked.settle()
+        tripped(info.value, expected)

@@ -8,6 +8,8 @@ the policy's declared starvation bound; `target` steers the search towards long 
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from hypothesis import given, target
 from hypothesis import strategies as st
@@ -16,6 +18,7 @@ from llmux.core.world import HookScript, Settings
 from llmux.policies import BUILTIN
 from llmux.testing import (
     PlannedRequest,
+    capacity_settings,
     hook_scripts,
     quantized,
     request_schedules,
@@ -47,6 +50,32 @@ def test_whole_schedules_keep_every_invariant(
         scripts,
         schedule,
         Settings(timeout, drain, min_active),
+        max_service=MAX_SERVICE,
+    )
+    target(checked.monitor.max_wait_ratio, label="max wait / starvation bound")
+
+
+@pytest.mark.parametrize("policy", sorted(BUILTIN))
+@given(
+    scripts=st.fixed_dictionaries({m: hook_scripts(2.0, failures=True) for m in MODELS}),
+    schedule=request_schedules(MODELS, max_requests=40, max_service=MAX_SERVICE),
+    capacity=capacity_settings(MODELS, max_resources=3, max_units=8),
+    drain=st.booleans(),
+    min_active=quantized(0.0, 3.0),
+)
+def test_whole_schedules_with_arbitrary_needs_and_capacities_keep_every_invariant(
+    policy: str,
+    scripts: dict[str, HookScript],
+    schedule: list[PlannedRequest],
+    capacity: dict[str, Any],
+    drain: bool,
+    min_active: float,
+) -> None:
+    checked = run_schedule(
+        BUILTIN[policy](),
+        scripts,
+        schedule,
+        Settings(None, drain, min_active, **capacity),
         max_service=MAX_SERVICE,
     )
     target(checked.monitor.max_wait_ratio, label="max wait / starvation bound")

@@ -20,6 +20,8 @@ NON_DEFAULT: dict[str, Any] = {
     "models.max_queue": 3,
     "models.max_in_flight": 2,
     "models.idle_sleep_secs": 30.0,
+    "models.needs": {"gpu0": 16.0},
+    "models.persistent": True,
     "policy.request_timeout_secs": 9.0,
     "policy.drain_before_switch": False,
     "policy.min_active_secs": 4.0,
@@ -34,7 +36,10 @@ def _config(field: str | None = None, value: Any = None) -> Any:
         (model if section == "models" else policy)[name] = value
     if field == "models.health_interval_secs":
         model["alive"] = "true"  # the config refuses health checks without an alive hook
-    return parse_config({"models": {"a": model}, "policy": policy})
+    top: dict[str, Any] = {}
+    if field == "models.needs":
+        top["resources"] = {"gpu0": 80.0}  # needs draw on declared resources
+    return parse_config({"models": {"a": model}, "policy": policy, **top})
 
 
 def test_every_model_and_policy_field_is_accounted_for() -> None:

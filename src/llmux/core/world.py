@@ -160,9 +160,11 @@ def scheduler_core(
     *,
     costs: SwitchCostTracker | None = None,
     failure_backoff: float = FAILURE_BACKOFF_SECS,
+    core_class: type[SchedulerCore] = SchedulerCore,
 ) -> SchedulerCore:
-    """The scheduler's core for `models`, configured by `settings`."""
-    return SchedulerCore(
+    """The scheduler's core for `models`, configured by `settings` (`core_class` lets a
+    test run a broken one)."""
+    return core_class(
         list(models),
         policy,
         min_active=settings.min_active,
@@ -228,15 +230,19 @@ class World:
         *,
         on_effect: Callable[[object], None] | None = None,
         core_class: type[ModelCore] = ModelCore,
+        scheduler_class: type[SchedulerCore] = SchedulerCore,
     ) -> None:
         settings = settings if settings is not None else Settings()
         self.now = 0.0
         self.settings = settings
         self.hooks = dict(hooks)
         self.costs = SwitchCostTracker()
-        # `core_class` lets a test run a deliberately broken core (see llmux.testing).
+        # `core_class` and `scheduler_class` let a test run a deliberately broken core (see
+        # llmux.testing).
         self.models = {name: model_core(name, settings, core_class) for name in hooks}
-        self.scheduler = scheduler_core(list(hooks), policy, settings, costs=self.costs)
+        self.scheduler = scheduler_core(
+            list(hooks), policy, settings, costs=self.costs, core_class=scheduler_class
+        )
         self.requests: dict[int, RequestRecord] = {}
         self.transitions: list[Transition] = []
         self.switches: list[SwitchFinished] = []

@@ -21,6 +21,7 @@ from llmux.core.messages import (
 )
 from llmux.core.model import ACTIVE, DRAINING, ModelCore
 from llmux.core.policy import SwitchPolicy, starvation_bound
+from llmux.core.scheduler import SchedulerCore
 from llmux.core.world import HookScript, RunawayError, Settings, World, bound_inputs
 
 # ---- a World with every invariant checked ----------------------------------------------------
@@ -58,6 +59,7 @@ class CheckedWorld:
         *,
         max_service: float,
         core_class: type[ModelCore] = ModelCore,
+        scheduler_class: type[SchedulerCore] = SchedulerCore,
         max_steps: int = 50_000,
         max_instants_at_one_time: int = 100,
         liveness_horizon: float | None = None,
@@ -69,7 +71,12 @@ class CheckedWorld:
         self.max_steps = max_steps
         self.max_instants_at_one_time = max_instants_at_one_time
         self.world = World(
-            hooks, policy, settings, on_effect=self._on_effect, core_class=core_class
+            hooks,
+            policy,
+            settings,
+            on_effect=self._on_effect,
+            core_class=core_class,
+            scheduler_class=scheduler_class,
         )
         self.inputs = bound_inputs(
             hooks,

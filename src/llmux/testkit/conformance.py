@@ -24,6 +24,7 @@ from llmux.core.messages import (
 )
 from llmux.core.model import ModelCore
 from llmux.core.policy import SwitchPolicy
+from llmux.core.scheduler import SchedulerCore
 from llmux.core.world import HookScript, Settings
 
 # ---- the conformance state machine ---------------------------------------------------------
@@ -100,12 +101,14 @@ def conformance_machine(
     drain_before_switch: bool | None = None,
     core_class: type[ModelCore] = ModelCore,
     capacities: bool = True,
+    scheduler_class: type[SchedulerCore] = SchedulerCore,
 ) -> type[PolicyMachine]:
     """The Hypothesis state machine that `policy_conformance` runs.
 
     `request_timeout="any"` and `drain_before_switch=None` let each example choose; with
     `capacities`, each example also draws resources, needs and persistent models (or none:
-    one model awake at a time), see `capacity_settings`.
+    one model awake at a time), see `capacity_settings`. `core_class` and `scheduler_class`
+    run deliberately broken cores (the kit's own teeth tests).
     """
     options = dict(policy_options or {})
     config = _Config(
@@ -159,6 +162,7 @@ def conformance_machine(
                 settings,
                 max_service=max_service,
                 core_class=config.core_class,
+                scheduler_class=scheduler_class,
             )
 
         @rule(model=model_names, service=services)
