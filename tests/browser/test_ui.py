@@ -291,3 +291,23 @@ async def test_asks_for_a_missing_key(tmp_path: Any, browser: BrowserThread) -> 
             await browser.run(enter_key, page)
             await browser.run(expect_highlight, page, "a", "Sleeping")
             assert await browser.run(lambda: page.evaluate("location.hash")) == "#key=sekrit"
+
+
+async def test_page_shows_several_active_models_and_the_resources_they_hold(
+    tmp_path: Any, browser: BrowserThread
+) -> None:
+    needs = {"a": {"gpu0": 30.0}, "b": {"gpu0": 40.0}}
+    async with (
+        running(tmp_path, resources={"gpu0": 80.0}, needs=needs, persistent=("a",)) as rig,
+        open_page(browser, rig.url + "/llmux/") as (page, log),
+    ):
+        await browser.run(expect_fact, page, "#scheduler", "resources", "gpu0 0 of 80")
+        await browser.run(expect_fact, page, '[data-model="a"]', "needs", "gpu0 30 (persistent)")
+        await browser.run(expect_fact, page, '[data-model="b"]', "needs", "gpu0 40")
+        assert (await rig.chat("a")).status_code == 200
+        assert (await rig.chat("b")).status_code == 200
+        await browser.run(expect_highlight, page, "a", "Active")
+        await browser.run(expect_highlight, page, "b", "Active")
+        await browser.run(expect_fact, page, "#scheduler", "awake", "a, b")
+        await browser.run(expect_fact, page, "#scheduler", "resources", "gpu0 70 of 80")
+        assert log.errors == []

@@ -172,3 +172,28 @@ def test_watch_refreshes_until_ctrl_c_and_exits_0_without_a_traceback() -> None:
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
     assert "\x1b[" not in rest, "stdout is a pipe: no screen clearing"
     assert len(asked) >= 2
+
+
+def test_the_text_shows_every_awake_model_each_resource_and_each_models_needs() -> None:
+    from llmux.cli.status import render
+
+    status = json.loads(json.dumps(STATUS))
+    status["scheduler"] |= {"active": "b", "awake": ["a", "b"]}
+    status["models"]["a"] |= {"needs": {"gpu0": 30.0}, "persistent": True}
+    status["models"]["b"] = dict(status["models"]["a"], needs={"gpu0": 40.0}, persistent=False)
+    status["resources"] = [{"name": "gpu0", "used": 70.0, "capacity": 80.0}]
+    text = render(status, "http://127.0.0.1:3000", now=0.0)
+    assert text.splitlines()[:2] == [
+        "llmux at http://127.0.0.1:3000  policy fifo  awake a, b",
+        "resources: gpu0 70/80",
+    ]
+    assert "needs gpu0 30, persistent" in text and "needs gpu0 40\n" in text
+
+
+def test_the_implicit_resource_of_one_model_at_a_time_is_not_shown() -> None:
+    from llmux.cli.status import render
+
+    status = json.loads(json.dumps(STATUS))
+    status["resources"] = [{"name": "default", "used": 1.0, "capacity": 1.0}]
+    text = render(status, "http://127.0.0.1:3000", now=0.0)
+    assert "resources" not in text and "needs" not in text

@@ -18,6 +18,7 @@ from typing import Any, TextIO
 import httpx
 
 from llmux.cli.argtypes import positive_seconds
+from llmux.core.capacity import IMPLICIT_RESOURCE
 
 DEFAULT_WATCH_SECS = 2.0
 # Cursor home, then erase the screen: each frame replaces the last instead of scrolling.
@@ -40,11 +41,22 @@ def render(status: dict[str, Any], url: str, now: float | None = None) -> str:
     now = time.time() if now is None else now
     scheduler = status["scheduler"]
     machines = status["machines"]
+    awake = scheduler.get("awake", [])
+    shown = (
+        f"awake {', '.join(awake)}" if len(awake) > 1 else f"active {scheduler['active'] or '-'}"
+    )
     lines = [
-        f"llmux at {url}  policy {scheduler['policy']}  active {scheduler['active'] or '-'}"
+        f"llmux at {url}  policy {scheduler['policy']}  {shown}"
         + (f"  PINNED to {scheduler['pinned']}" if scheduler["pinned"] else ""),
-        "",
     ]
+    # The implicit resource (none declared: one model at a time) is not worth a line.
+    declared = [r for r in status.get("resources", []) if r["name"] != IMPLICIT_RESOURCE]
+    if declared:
+        lines.append(
+            "resources: "
+            + ", ".join(f"{r['name']} {r['used']:g}/{r['capacity']:g}" for r in declared)
+        )
+    lines.append("")
     states = machines["ModelLifecycle"]["states"]
     width = max(len(name) for name in status["models"])
     for name, model in status["models"].items():
@@ -53,6 +65,12 @@ def render(status: dict[str, Any], url: str, now: float | None = None) -> str:
         counts = f"in flight {model['in_flight']}{of}, queued {model['queue_depth']}"
         if model["oldest_wait_secs"] is not None:
             counts += f" (oldest {model['oldest_wait_secs']:.1f}s)"
+        if declared:
+            needs = model.get("needs", {})
+            counts += ", needs " + (
+                " ".join(f"{r} {amount:g}" for r, amount in needs.items()) or "nothing"
+            )
+            counts += ", persistent" if model.get("persistent") else ""
         lines.append(f"  {name:<{width}}  {_cycle(states, model['state'])}   {counts}")
         last = model["last_transition"]
         if last is not None:
