@@ -51,7 +51,6 @@ import trio
 
 from llmux.core.world import HookScript, Settings
 from llmux.simulate import (
-    PROFILES,
     TraceRequest,
     Workload,
     generate_profile,
@@ -65,6 +64,7 @@ from scheduling_sim import (
     CONFIG_MODELS,
     DRAIN_FIRST,
     LABELS,
+    ONE_AT_A_TIME,
     POLICIES,
     add_common_arguments,
     hooks_for,
@@ -118,8 +118,10 @@ def stop(child: subprocess.Popen[bytes], grace: float = 10.0) -> None:
 
 
 @contextlib.contextmanager
-def standins(workdir: Path, tag: str = "", slots: int | None = None) -> Iterator[dict[str, int]]:
-    ports = {m: free_port() for m in MODELS}
+def standins(
+    workdir: Path, tag: str = "", slots: int | None = None, models: Sequence[str] = MODELS
+) -> Iterator[dict[str, int]]:
+    ports = {m: free_port() for m in models}
     children: list[subprocess.Popen[bytes]] = []
     capacity = [] if slots is None else ["--slots", str(slots)]
     try:
@@ -170,8 +172,12 @@ def start_server(
     options: Mapping[str, Any],
     backends: Mapping[str, int],
     hooks: HookScript,
+    *,
+    resources: Mapping[str, float] | None = None,
+    needs: Mapping[str, Mapping[str, float]] | None = None,
+    tag: str = "",
 ) -> Server:
-    label = LABELS.get(policy, policy).replace(":", "_")
+    label = tag + LABELS.get(policy, policy).replace(":", "_")
     wake_log = workdir / f"wakes-{label}.log"
     wake_log.unlink(missing_ok=True)
     port = free_port()
@@ -181,9 +187,11 @@ def start_server(
                 "port": backend,
                 "wake": f'sleep {hooks.wake_secs:.4f} && echo "$LLMUX_MODEL" >> {wake_log}',
                 "sleep": f"sleep {hooks.sleep_secs:.4f}",
+                **({} if needs is None else {"needs": dict(needs[model])}),
             }
             for model, backend in backends.items()
         },
+        **({} if resources is None else {"resources": dict(resources)}),
         "policy": {"type": policy, **options},
         "port": port,
         "shutdown_grace_secs": 5,
@@ -479,7 +487,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n\n")[0])
     add_common_arguments(parser)
     parser.add_argument("--policy", action="append", default=[], help="default: all three")
-    parser.add_argument("--profile", action="append", default=[], choices=list(PROFILES))
+    parser.add_argument("--profile", action="append", default=[], choices=list(ONE_AT_A_TIME))
     parser.add_argument("--scale", type=float, default=SCALE, help="real / simulated time")
     parser.add_argument(
         "--duration", type=float, default=DURATION, help="virtual seconds of each profile"
@@ -492,7 +500,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = compare(
         args.ratios,
         args.policy or list(POLICIES),
-        args.profile or list(PROFILES),
+        args.profile or list(ONE_AT_A_TIME),
         scale=args.scale,
         duration=args.duration,
         seed=args.seed,

@@ -38,7 +38,14 @@ from llmux.cli.argtypes import positive_int
 from llmux.core.policy import starvation_bound
 from llmux.core.world import HookScript, Settings, World, bound_inputs
 from llmux.policies import build_policy
-from llmux.simulate import PROFILES, Result, Workload, generate_profile, percentile
+from llmux.simulate import (
+    CAPACITY_PROFILES,
+    PROFILES,
+    Result,
+    Workload,
+    generate_profile,
+    percentile,
+)
 from llmux.simulation.measure import _measure
 
 SERVICE_MEAN = 0.5  # the profiles draw service times uniformly from 0.25-0.75 s
@@ -49,6 +56,8 @@ RATIOS = (4.0, 10.0, 20.0, 40.0)
 DRAIN_FIRST = "llmux.policies.drain_first:DrainFirstPolicy"
 POLICIES = ("fifo", DRAIN_FIRST, "cost_quantum")
 LABELS = {DRAIN_FIRST: "drain_first"}
+# The capacity profiles are compared in benchmarks/capacity.py, with resources declared.
+ONE_AT_A_TIME = tuple(p for p in PROFILES if p not in CAPACITY_PROFILES)
 
 
 def hooks_for(ratio: float) -> HookScript:
@@ -119,7 +128,7 @@ def compare(
     policies: Sequence[str],
     options: Mapping[str, Mapping[str, Any]],
     *,
-    profiles: Sequence[str] = tuple(PROFILES),
+    profiles: Sequence[str] = ONE_AT_A_TIME,
     seed: int = 0,
     duration: float | None = None,
     backend_slots: int | None = None,
@@ -223,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="an option for cost_quantum (repeatable), e.g. max_wait_secs=30",
     )
-    parser.add_argument("--profile", action="append", default=[], choices=list(PROFILES))
+    parser.add_argument("--profile", action="append", default=[], choices=list(ONE_AT_A_TIME))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--duration", type=float, default=None)
     parser.add_argument("--per-profile", action="store_true")
@@ -235,7 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.ratios,
         policies,
         options,
-        profiles=args.profile or tuple(PROFILES),
+        profiles=args.profile or ONE_AT_A_TIME,
         seed=args.seed,
         duration=args.duration,
         backend_slots=args.backend_slots,

@@ -69,6 +69,7 @@ from llmux.simulation.cli import add_parser, main
 from llmux.simulation.measure import ModelStats, Result, percentile, union_length
 from llmux.simulation.run import PolicySpec, SimulationError, simulate
 from llmux.simulation.workloads import (
+    CAPACITY_PROFILES,
     DEFAULT_HOOK,
     PROFILES,
     Profile,
@@ -82,6 +83,7 @@ from llmux.simulation.workloads import (
 )
 
 __all__ = [
+    "CAPACITY_PROFILES",
     "DEFAULT_HOOK",
     "PROFILES",
     "ModelStats",

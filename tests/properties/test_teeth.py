@@ -270,10 +270,15 @@ class LoadingEvictor(SchedulerCore):
 
 
 class PersistenceIgnored(SchedulerCore):
-    """Evicts persistent models like any other."""
+    """Evicts persistent models like any other, and (as an LRU would: an embedding model
+    is often the longest idle) before any other."""
 
     def _evictable(self, model: str) -> bool:
         return self.views[model].state == "Active" and model != self.pinned
+
+    def _eviction_cost(self, model: str) -> tuple[float, float, str]:
+        cost = super()._eviction_cost(model)
+        return (-1.0, *cost[1:]) if model in self.capacity.persistent else cost
 
 
 # ---- the tests ------------------------------------------------------------------------------
@@ -459,9 +464,28 @@ def test_a_scheduler_that_evicts_a_model_still_waking_is_caught() -> None:
 
 
 def test_a_scheduler_that_evicts_a_persistent_model_is_caught() -> None:
-    # Only a drawn deployment with a persistent model can show it, and then the eviction
-    # decision itself is the violation.
-    caught(conformance_machine(FifoPolicy, scheduler_class=PersistenceIgnored), EVICTION)
+    # A fixed run, not a search: the searches reach a drawn persistent model that is awake
+    # while another does not fit too rarely to count on. The eviction decision itself is the
+    # violation; the correct scheduler evicts b instead.
+    hooks = {m: HookScript(1.0, 1.0) for m in "abc"}
+    settings = Settings(
+        resources={"g": 80.0},
+        needs={"a": {"g": 20.0}, "b": {"g": 40.0}, "c": {"g": 40.0}},
+        persistent=frozenset({"a"}),
+    )
+    for scheduler_class, expected in ((SchedulerCore, None), (PersistenceIgnored, EVICTION)):
+        checked = CheckedWorld(
+            hooks, FifoPolicy(), settings, max_service=1.0, scheduler_class=scheduler_class
+        )
+        for at, model in ((0.0, "a"), (5.0, "b"), (10.0, "c")):
+            checked.submit(model, at, 0.5)
+        if expected is None:
+            checked.settle()
+            assert checked.world.models["a"].state == "Active"
+            continue
+        with pytest.raises(InvariantViolation) as info:
+            checked.settle()
+        tripped(info.value, expected)
 
 
 def test_an_eviction_that_does_not_wait_for_granted_requests_is_caught() -> None:

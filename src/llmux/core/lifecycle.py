@@ -57,15 +57,15 @@ class SwitchSequence(StateMachine):
     waking = State("Waking")
     backoff = State("Backoff")
 
-    # The active model has not been up for min_active_secs yet: wait, keep serving it.
+    # A victim has not been up for min_active_secs yet: wait, keep serving it.
     settle = idle.to(settling)
-    # Nothing needs to settle: drain and sleep the active model now.
+    # Nothing needs to settle: drain and sleep the victims (the models making room) now.
     retire = idle.to(retiring) | settling.to(retiring)
-    # Nothing is awake: wake the target straight away.
+    # The target fits (nothing to evict, or the victims are asleep): wake it.
     wake = idle.to(waking) | retiring.to(waking)
     # The demand that started the switch went away before anything was disturbed.
     cancel = settling.to(idle)
-    # The old model is asleep and nobody is waiting any more: leave the GPU idle.
+    # The victims are asleep and nobody is waiting any more: wake nothing.
     retired = retiring.to(idle)
     activated = waking.to(idle)
     wake_failed = waking.to(backoff)

@@ -181,6 +181,21 @@ def _three(rng: random.Random, models: Sequence[str], duration: float) -> list[T
     return [_request(rng, t, rng.choice(trio)) for t in _arrivals(rng, 5.0, 0.0, duration)]
 
 
+def _mixed(rng: random.Random, models: Sequence[str], duration: float) -> list[TraceRequest]:
+    small = [_request(rng, t, models[0]) for t in _arrivals(rng, 4.0, 0.0, duration)]
+    phase = 30.0
+    large = [
+        _request(rng, t, models[1 + int(t // phase) % 2])
+        for t in _arrivals(rng, 2.0, 0.0, duration)
+    ]
+    return sorted(small + large, key=lambda r: r.at)
+
+
+def _many(rng: random.Random, models: Sequence[str], duration: float) -> list[TraceRequest]:
+    chosen = models[:6]
+    return [_request(rng, t, rng.choice(chosen)) for t in _arrivals(rng, 5.0, 0.0, duration)]
+
+
 PROFILES: dict[str, Profile] = {
     p.name: p
     for p in (
@@ -205,8 +220,25 @@ PROFILES: dict[str, Profile] = {
             _surge,
         ),
         Profile("three", 3, "three models, each request picks one at random, 5 req/s", _three),
+        Profile(
+            "mixed",
+            3,
+            "a small model always busy (4 req/s) beside two large ones taking turns in 30 s "
+            "phases (2 req/s); for capacity: the small one fits beside either large one",
+            _mixed,
+        ),
+        Profile(
+            "many",
+            6,
+            "six small models, each request picks one at random, 5 req/s; for capacity: "
+            "several fit at once",
+            _many,
+        ),
     )
 }
+# The profiles written for several models awake at once (declared `resources`); the
+# one-at-a-time policy comparison (benchmarks/scheduling_*.py) keeps to the others.
+CAPACITY_PROFILES = ("mixed", "many")
 
 
 def profile_models(needed: int, available: Sequence[str]) -> tuple[list[str], list[str]]:
