@@ -130,3 +130,29 @@ def test_a_model_that_can_never_fit_is_one_line_at_start_up(tmp_path: Path) -> N
         f"llmux: config error: {path}: models.big.needs: it can never wake: needs 70 of "
         "'gpu0', but the persistent embed hold 16 of its 80"
     ]
+
+
+async def test_two_gpus_wake_two_models_at_once(tmp_path: Path) -> None:
+    gpus = {"gpu0": 80.0, "gpu1": 80.0}
+    needs = {"a": {"gpu0": 70.0}, "b": {"gpu1": 70.0}}
+    async with running(tmp_path, ("a", "b"), resources=gpus, needs=needs) as rig:
+        rig.hold_wake("a")
+        rig.hold_wake("b")
+        answers: list[int] = []
+
+        async def ask(model: str) -> None:
+            answers.append((await rig.chat(model)).status_code)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ask, "a")
+            nursery.start_soon(ask, "b")
+            # Both wake hooks are running at once: neither waited for the other.
+            await wait_until(
+                lambda: sorted(rig.hook_runs()) == ["a:wake", "b:wake"],
+                what="both wakes started",
+            )
+            status = (await rig.client.get("/llmux/status")).json()
+            assert sorted(s["to"] for s in status["scheduler"]["switches"]) == ["a", "b"]
+            rig.hold_wake("a", holding=False)
+            rig.hold_wake("b", holding=False)
+        assert answers == [200, 200]

@@ -35,7 +35,15 @@ from typing import Any
 import httpx
 import trio
 
-from tests.hooklog import HookEvent, read_hook_log, single_awake_violations
+from llmux.build import settings_from_config
+from llmux.config import parse_config
+from llmux.core.capacity import Capacity
+from tests.hooklog import (
+    HookEvent,
+    capacity_violations,
+    read_hook_log,
+    single_awake_violations,
+)
 from tests.waiting import wait_until
 
 HOOK = Path(__file__).with_name("hook.sh")
@@ -120,14 +128,17 @@ def parent(pid: int) -> int | None:
 
 
 class StandinSampler:
-    """Samples the running stand-ins every SAMPLE_INTERVAL: at most one model may be up."""
+    """Samples the running stand-ins every SAMPLE_INTERVAL: the models up must fit the
+    declared capacity (without resources: at most one model up)."""
 
-    def __init__(self, ports: Mapping[int, str], dir: Path) -> None:
+    def __init__(self, ports: Mapping[int, str], dir: Path, capacity: Capacity) -> None:
         self.ports = dict(ports)
         self.dir = dir
+        self.capacity = capacity
         self.samples = 0
         self.max_seen = 0
-        # (when, {pid: "model state=S cwd=... started=TICKS"}) for every sample that saw two
+        # (when, {pid: "model state=S cwd=... started=TICKS"}) for every sample that saw more
+        # than fits
         self.overlaps: list[tuple[float, dict[int, str]]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="standin-sampler", daemon=True)
@@ -144,7 +155,7 @@ class StandinSampler:
             running = standin_processes(self.ports, self.dir)
             self.samples += 1
             self.max_seen = max(self.max_seen, len(running))
-            if len(running) > 1:
+            if self.capacity.over(running.values()):
                 self.overlaps.append(
                     (time.time(), {p: _describe(p, m) for p, m in running.items()})
                 )
@@ -207,7 +218,10 @@ class Llmux:
         self.exit_secs: float | None = None
         self._listening = threading.Event()
         self._reader: threading.Thread | None = None
-        self.sampler = StandinSampler(self.by_port(), dir)
+        # The capacity llmux runs with, from the very config it is given.
+        parsed = parse_config(self.config, base_dir=str(dir))
+        self.capacity = settings_from_config(parsed).capacity(parsed.models)
+        self.sampler = StandinSampler(self.by_port(), dir, self.capacity)
         # Log records of known llmux bugs that a scenario chooses to look past (see tolerate).
         self._tolerated: list[Callable[[dict[str, Any]], bool]] = []
 
@@ -405,9 +419,13 @@ class Llmux:
         # a last direct look.
         left = standin_processes(self.by_port(), self.dir)
         assert not left, f"stand-in processes left after llmux exited: {left}"
-        problems = single_awake_violations(self.hook_events())
-        assert not problems, f"more than one model awake: {problems}"
-        assert not self.sampler.overlaps, f"two stand-ins ran at once: {self.sampler.overlaps[:3]}"
+        if self.config.get("resources") is None:
+            problems = single_awake_violations(self.hook_events())
+        else:
+            problems = capacity_violations(self.hook_events(), self.capacity)
+        assert not problems, f"more models awake than fit: {problems}"
+        overlaps = self.sampler.overlaps[:3]
+        assert not overlaps, f"more stand-ins ran at once than fit: {overlaps}"
         anomalies = self.events("anomaly")
         assert not anomalies, f"llmux refused impossible transitions: {anomalies[:3]}"
         crashes = [

@@ -239,3 +239,52 @@ def test_impossible_capacities_are_one_line_config_errors(
     with pytest.raises(ConfigError) as info:
         _config(models, **top)
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+# ---- switches at once ----------------------------------------------------------------------
+
+TWO_GPUS = {"gpu0": 80.0, "gpu1": 80.0}
+
+
+def _two_gpu_world(needs: dict[str, dict[str, float]]) -> World:
+    hooks = {name: HookScript(wake_secs=4.0, sleep_secs=1.0) for name in needs}
+    return World(hooks, FifoPolicy(), Settings(resources=TWO_GPUS, needs=needs))
+
+
+def _wakes(world: World) -> dict[str, float]:
+    return {model: at for at, model, hook in world.hook_runs if hook.value == "wake"}
+
+
+def test_switches_on_disjoint_resources_run_at_once() -> None:
+    # One model per GPU: both wakes start at once, and a third model's switch on gpu1 runs
+    # while gpu0's model is still waking.
+    world = _two_gpu_world(
+        {"a": {"gpu0": 70.0}, "b": {"gpu1": 70.0}, "c": {"gpu1": 70.0}},
+    )
+    world.submit("a", at=0.0, service=1.0)
+    world.submit("b", at=0.0, service=1.0)
+    world.run(until=10.0)
+    assert _wakes(world) == {"a": 0.0, "b": 0.0}
+    world.submit("a", at=10.0, service=0.0)
+    world.submit("c", at=10.0, service=1.0)
+    world.run(until=30.0)
+    # c evicted b on gpu1 (sleep 1 s, then its 4 s wake) while a served on gpu0 throughout.
+    assert _wakes(world)["c"] == 11.0
+    assert world.requests[2].granted_at == 10.0
+    assert _states(world) == {"a": ACTIVE, "b": SLEEPING, "c": ACTIVE}
+
+
+def test_contending_switches_are_ordered_and_the_oldest_waiter_is_not_overtaken() -> None:
+    # t (tensor-parallel, both GPUs) waits behind a's wake on gpu0; b, younger and on gpu1
+    # only, must not take gpu1 from under it meanwhile.
+    world = _two_gpu_world(
+        {"a": {"gpu0": 70.0}, "t": {"gpu0": 40.0, "gpu1": 40.0}, "b": {"gpu1": 70.0}}
+    )
+    world.submit("a", at=0.0, service=0.0)
+    world.submit("t", at=1.0, service=0.0)
+    world.submit("b", at=2.0, service=0.0)
+    world.run(until=60.0)
+    wakes = _wakes(world)
+    # a wakes at 0 (until 4); t evicts a (sleep 4-5) and wakes 5-9; b evicts t (9-10), 10-14.
+    assert wakes == {"a": 0.0, "t": 5.0, "b": 10.0}
+    assert all(r.finished_at is not None for r in world.requests.values())

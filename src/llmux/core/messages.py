@@ -158,6 +158,9 @@ class SchedulerStatus(msgspec.Struct, frozen=True):
     # What each model holds while not asleep, and which are never evicted to make room.
     needs: dict[str, dict[str, float]] = {}
     persistent: list[str] = []
+    # Every switch under way, oldest first (`switch` is the first): several run at once
+    # when they touch disjoint resources.
+    switches: list[SwitchStatus] = []
 
 
 # ---- control: an operator's commands, through the same machinery as policy decisions -------

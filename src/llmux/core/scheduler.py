@@ -8,7 +8,8 @@ declared resource (`llmux.core.capacity`; without declared resources, one model 
 A switch to B: choose the victims that must make room (none if B fits beside the awake
 models) -> (settle until each has been active `min_active`) -> drain them -> their sleep hooks
 -> B's wake hook -> B active. Models that are not victims keep serving throughout: the
-scheduler never touches them. Switches run one at a time. If, once the victims are asleep,
+scheduler never touches them. Switches that touch disjoint resources run at once (two GPUs,
+two wakes); those that contend run in order, oldest waiter first. If, once the victims are asleep,
 nobody waits for B any more, B is not woken: the policy is asked afresh instead (llmux 2.4
 woke B anyway, then switched back).
 """
@@ -76,6 +77,9 @@ class SwitchRecord(msgspec.Struct):
     drain_started_at: float | None = None
     sleep_started_at: float | None = None
     wake_started_at: float | None = None
+    # Where this switch is in the SwitchSequence machine, and until when it settles.
+    phase: str = Phase.IDLE
+    settle_until: float = math.inf
 
     @property
     def from_model(self) -> str | None:
@@ -105,8 +109,10 @@ class SchedulerCore:
         self.views: dict[str, ModelReport] = {
             name: ModelReport(name, SLEEPING, 0, None, 0, None) for name in models
         }
-        self.phase: str = SEQUENCE.initial
-        self.switch: SwitchRecord | None = None
+        # The switches under way, oldest first. Several run at once when they touch
+        # disjoint resources (two GPUs, two wakes); a failed wake's stays, in Backoff, until
+        # its cleanup sleep is over.
+        self.switches: list[SwitchRecord] = []
         self.last_decision = "none yet"
         self._demand: set[str] = set()
         # Models that became Active (woken or adopted) and are not asleep again, oldest
@@ -115,9 +121,6 @@ class SchedulerCore:
         self._usage: tuple[ResourceUsage, ...] = self._usage_now()
         # Per model, the first epoch that reflects our last command to it (see ModelReport).
         self._commanded_epoch: dict[str, int] = dict.fromkeys(models, 0)
-        self._settle_until = math.inf
-        # The model whose wake failed, until its cleanup sleep is done (phase Backoff).
-        self._failed_model: str | None = None
         # Per model whose wake failed: no new wake of it before this time. Only that model
         # waits; the others are switched to as soon as the failed one is asleep again.
         self._retry_at: dict[str, float] = {}
@@ -144,27 +147,42 @@ class SchedulerCore:
         """The model woken (or adopted) last that still holds its resources."""
         return self._woken[-1] if self._woken else None
 
+    @property
+    def switch(self) -> SwitchRecord | None:
+        """The oldest switch under way (None if none)."""
+        return self.switches[0] if self.switches else None
+
+    @property
+    def phase(self) -> str:
+        """The oldest switch's phase; Idle when none runs."""
+        return self.switches[0].phase if self.switches else SEQUENCE.initial
+
     def next_deadline(self) -> float | None:
         """When this core next wants a Tick."""
-        if self.phase == Phase.SETTLING:
-            deadline = self._settle_until
-        elif self.phase == Phase.IDLE:
-            deadline = min(self._recheck_at, self._idle_deadline()[0], self._next_retry())
-            if self._next_tick_at is not None:
-                deadline = min(deadline, self._next_tick_at)
-        else:
-            deadline = math.inf
+        deadline = min(
+            (s.settle_until for s in self.switches if s.phase == Phase.SETTLING),
+            default=math.inf,
+        )
+        # An idle sleep that must wait for a switch under way is asked for when it ends (a
+        # report comes then), not at its past deadline, again and again.
+        idle = next(
+            (at for at, name in self._idle_deadlines() if self._free_to_start(name, (name,))),
+            math.inf,
+        )
+        deadline = min(deadline, self._recheck_at, idle, self._next_retry())
+        if self._next_tick_at is not None and not self.switches:
+            deadline = min(deadline, self._next_tick_at)
         return deadline if deadline < math.inf else None
 
     def status(self) -> SchedulerStatus:
-        switch = self.switch
+        switches = [
+            SwitchStatus(s.from_model, s.to_model, s.reason, s.decided_at) for s in self.switches
+        ]
         return SchedulerStatus(
             phase=self.phase,
             active=self.active,
             pinned=self.pinned,
-            switch=None
-            if switch is None
-            else SwitchStatus(switch.from_model, switch.to_model, switch.reason, switch.decided_at),
+            switch=switches[0] if switches else None,
             last_decision=self.last_decision,
             policy=consult.policy_name(self.policy),
             switch_costs=[(s, t, estimate) for (s, t), estimate in self.costs.items()],
@@ -172,6 +190,7 @@ class SchedulerCore:
             resources=list(self._usage),
             needs={name: dict(self.capacity.needs_of(name)) for name in self.views},
             persistent=sorted(self.capacity.persistent),
+            switches=switches,
         )
 
     def awake(self) -> list[str]:
@@ -180,7 +199,7 @@ class SchedulerCore:
 
     def is_quiet(self) -> bool:
         """Every model is asleep and no switch is under way."""
-        return self.phase in (Phase.IDLE, Phase.BACKOFF) and not self.awake()
+        return all(s.phase == Phase.BACKOFF for s in self.switches) and not self.awake()
 
     def _awake_in_order(self) -> list[str]:
         return [*self._woken, *(name for name in self.awake() if name not in self._woken)]
@@ -243,18 +262,16 @@ class SchedulerCore:
         else:
             self._demand.discard(report.model)
 
-        switch = self.switch
-        if switch is None:
-            return
-        if self.phase == Phase.RETIRING and report.model in switch.victims:
-            if report.state in (SLEEPING_DOWN, SLEEPING) and switch.sleep_started_at is None:
-                switch.sleep_started_at = now
-            self._check_retired(switch, now, effects)
-        elif self.phase == Phase.WAKING and report.model == switch.to_model:
-            if report.state == ACTIVE:
-                self._activated(switch, report, now, effects)
-            elif report.state != WAKING:
-                self._wake_failed(switch, now, effects)
+        for switch in list(self.switches):
+            if switch.phase == Phase.RETIRING and report.model in switch.victims:
+                if report.state in (SLEEPING_DOWN, SLEEPING) and switch.sleep_started_at is None:
+                    switch.sleep_started_at = now
+                self._check_retired(switch, now, effects)
+            elif switch.phase == Phase.WAKING and report.model == switch.to_model:
+                if report.state == ACTIVE:
+                    self._activated(switch, report, now, effects)
+                elif report.state != WAKING:
+                    self._wake_failed(switch, now, effects)
 
     def _set_view(self, view: ModelReport, now: float, effects: list[SchedulerEffect]) -> None:
         """Record a model's state (reported, or commanded), and what changes with it: the
@@ -266,11 +283,11 @@ class SchedulerCore:
             return
         if view.state == ACTIVE and name not in self._woken:
             self._woken.append(name)
-            if self.switch is None or self.switch.to_model != name:
+            if all(s.to_model != name for s in self.switches):
                 self.last_decision = f"adopted {name}: found awake at start-up"
         elif view.state == SLEEPING and name in self._woken:
             self._woken.remove(name)
-            if self.switch is None:
+            if all(name not in s.victims for s in self.switches):
                 self.last_decision = f"{name} left service on its own"
         if (before == SLEEPING) != (view.state == SLEEPING):
             usage = self._usage_now()
@@ -289,14 +306,20 @@ class SchedulerCore:
     ) -> None:
         victims = ", ".join(switch.victims)
         if switch.to_model is None:
-            self._take(SwitchEvent.RETIRED, f"{victims} asleep: {switch.reason}", now, effects)
-            self.switch = None
+            self._take(
+                switch, SwitchEvent.RETIRED, f"{victims} asleep: {switch.reason}", now, effects
+            )
+            self._end(switch)
             return
         if self._wanted(switch.to_model) and not self.closing:
             self._wake(switch, now, effects)
             return
         self._take(
-            SwitchEvent.RETIRED, f"nobody waits for {switch.to_model} any more", now, effects
+            switch,
+            SwitchEvent.RETIRED,
+            f"nobody waits for {switch.to_model} any more",
+            now,
+            effects,
         )
         effects.append(
             SwitchFinished(
@@ -309,7 +332,7 @@ class SchedulerCore:
                 now,
             )
         )
-        self.switch = None
+        self._end(switch)
 
     def _activated(
         self,
@@ -324,7 +347,7 @@ class SchedulerCore:
         self.costs.observe(switch.from_model, target, duration)
         if target in self.manual_targets:
             self.manual_targets.remove(target)
-        self._take(SwitchEvent.ACTIVATED, f"{target} is active", now, effects)
+        self._take(switch, SwitchEvent.ACTIVATED, f"{target} is active", now, effects)
         self._answer_wake(target, CommandOutcome.DONE, effects)
         effects.append(
             SwitchFinished(
@@ -338,18 +361,19 @@ class SchedulerCore:
                 self.costs.estimate(switch.from_model, target),
             )
         )
-        self.switch = None
+        self._end(switch)
 
     def _wake_failed(
         self, switch: SwitchRecord, now: float, effects: list[SchedulerEffect]
     ) -> None:
         target = _target(switch)
         started = _cost_clock_start(switch)
-        self._failed_model = target
         self._retry_at[target] = now + self.failure_backoff
         if target in self.manual_targets:
             self.manual_targets.remove(target)  # reported to the operator; not retried forever
-        self._take(SwitchEvent.WAKE_FAILED, f"{target} failed to wake", now, effects)
+        # The switch stays, in Backoff, until the target's cleanup sleep is over: the target
+        # holds its needs until then.
+        self._take(switch, SwitchEvent.WAKE_FAILED, f"{target} failed to wake", now, effects)
         detail = f"Hook failed for {target}: its wake hook failed (see the logs)"
         self._answer_wake(target, CommandOutcome.FAILED, effects, detail)
         effects.append(
@@ -363,7 +387,6 @@ class SchedulerCore:
                 now,
             )
         )
-        self.switch = None
 
     @staticmethod
     def _drain_duration(switch: SwitchRecord) -> float | None:
@@ -377,36 +400,34 @@ class SchedulerCore:
         if self._retry_at:
             # Forget backoffs that are over, so next_deadline never asks for a past time.
             self._retry_at = {m: at for m, at in self._retry_at.items() if at > now}
-        if self.phase == Phase.BACKOFF:
-            self._end_backoff(now, effects)
+        for switch in [s for s in self.switches if s.phase == Phase.BACKOFF]:
+            self._end_backoff(switch, now, effects)
         if self.closing:
             self._wind_down(now, effects)
             return
-        if self.phase == Phase.SETTLING and now >= self._settle_until and self.switch is not None:
-            self._settle_until = math.inf
-            if self._wanted(self.switch.to_model):
-                self._retire(self.switch, now, effects)
+        for switch in [s for s in self.switches if s.phase == Phase.SETTLING]:
+            if now < switch.settle_until:
+                continue
+            switch.settle_until = math.inf
+            if self._wanted(switch.to_model):
+                self._retire(switch, now, effects)
             else:
-                self._take(
-                    SwitchEvent.CANCEL,
-                    f"nobody waits for {self.switch.to_model} any more",
-                    now,
-                    effects,
-                )
-                self.switch = None
-        if self.phase == Phase.IDLE:
-            self._decide(now, effects)
+                cause = f"nobody waits for {switch.to_model} any more"
+                self._take(switch, SwitchEvent.CANCEL, cause, now, effects)
+                self._end(switch)
+        self._decide(now, effects)
 
-    def _end_backoff(self, now: float, effects: list[SchedulerEffect]) -> None:
+    def _end_backoff(
+        self, switch: SwitchRecord, now: float, effects: list[SchedulerEffect]
+    ) -> None:
         """Backoff ends once the failed model's cleanup sleep is done (it holds its needs
         until then). Its own retry waits `failure_backoff` (`_retry_at`); requests for the
         other models do not."""
-        failed = self._failed_model
-        if failed is None or self.views[failed].state == SLEEPING:
-            self._failed_model = None
-            self._take(
-                SwitchEvent.RECOVERED, f"{failed} is asleep after its failed wake", now, effects
-            )
+        failed = _target(switch)
+        if self.views[failed].state == SLEEPING:
+            cause = f"{failed} is asleep after its failed wake"
+            self._take(switch, SwitchEvent.RECOVERED, cause, now, effects)
+            self._end(switch)
 
     def _backing_off(self, model: str, now: float) -> bool:
         """Whether `model` failed to wake less than `failure_backoff` ago."""
@@ -421,35 +442,37 @@ class SchedulerCore:
 
     def _wind_down(self, now: float, effects: list[SchedulerEffect]) -> None:
         """Shutting down: start nothing, and put every awake model to sleep once idle."""
-        switch = self.switch
-        if self.phase == Phase.SETTLING and switch is not None:
-            switch.to_model = None
-            self._settle_until = math.inf
-            self._retire(switch, now, effects)
-        elif self.phase == Phase.RETIRING and switch is not None:
-            switch.to_model = None
-        elif self.phase == Phase.IDLE and self.awake():
-            self._sleep_only(tuple(self._awake_in_order()), "shutting down", now, effects)
+        for switch in list(self.switches):
+            if switch.phase == Phase.SETTLING:
+                switch.to_model = None
+                switch.settle_until = math.inf
+                self._retire(switch, now, effects)
+            elif switch.phase == Phase.RETIRING:
+                switch.to_model = None
+        involved = {m for s in self.switches for m in (*s.victims, s.to_model)}
+        left = tuple(m for m in self._awake_in_order() if m not in involved)
+        if left:
+            self._sleep_only(left, "shutting down", now, effects)
 
     def _sleep_only(
         self, models: tuple[str, ...], reason: str, now: float, effects: list[SchedulerEffect]
     ) -> None:
         """Put `models` to sleep and wake nothing."""
         switch = SwitchRecord(models, None, reason, now)
-        self.switch = switch
+        self.switches.append(switch)
         self._retire(switch, now, effects)
 
-    def _idle_deadline(self) -> tuple[float, str | None]:
-        """When the first Active model reaches its idle_sleep_secs, and which."""
-        soonest: tuple[float, str | None] = (math.inf, None)
+    def _idle_deadlines(self) -> list[tuple[float, str]]:
+        """When each Active model (not pinned) reaches its idle_sleep_secs, soonest first."""
+        deadlines = []
         for name in self._woken:
             idle = self.idle_sleep.get(name)
             view = self.views[name]
             if idle is None or view.idle_since is None or view.state != ACTIVE:
                 continue
-            if name != self.pinned and view.idle_since + idle < soonest[0]:
-                soonest = (view.idle_since + idle, name)
-        return soonest
+            if name != self.pinned:
+                deadlines.append((view.idle_since + idle, name))
+        return sorted(deadlines)
 
     def _wanted(self, model: str | None) -> bool:
         return model is not None and (
@@ -457,44 +480,76 @@ class SchedulerCore:
         )
 
     def _decide(self, now: float, effects: list[SchedulerEffect]) -> None:
+        """Start whatever may start now. A switch may run beside the ones under way only
+        when it touches none of their resources (`_touches`)."""
         self._recheck_at = math.inf
-        if self.sleep_wanted is not None:
-            model, self.sleep_wanted = self.sleep_wanted, None
-            if self.views[model].state == ACTIVE:
-                self.last_decision = f"sleep {model}: manual sleep"
-                self._sleep_only((model,), self.last_decision, now, effects)
-                return
+        model = self.sleep_wanted
+        if model is not None and self.views[model].state != ACTIVE:
+            self.sleep_wanted = None
+        elif model is not None and self._free_to_start(model, (model,)):
+            self.sleep_wanted = None
+            self.last_decision = f"sleep {model}: manual sleep"
+            self._sleep_only((model,), self.last_decision, now, effects)
         if self._operator_targets(now, effects):
             return  # an operator's choice overrides the policy
-        deadline, idle_model = self._idle_deadline()
-        if deadline <= now and idle_model is not None:
-            idle = self.idle_sleep[idle_model]
-            self.last_decision = f"sleep {idle_model}: idle for {idle:g}s"
-            self._sleep_only((idle_model,), self.last_decision, now, effects)
-            return
-        if not self._consult_policy(now, effects):
+        for deadline, idle_model in self._idle_deadlines():
+            if deadline <= now and self._free_to_start(idle_model, (idle_model,)):
+                idle = self.idle_sleep[idle_model]
+                self.last_decision = f"sleep {idle_model}: idle for {idle:g}s"
+                self._sleep_only((idle_model,), self.last_decision, now, effects)
+        while self._consult_policy(now, effects):
+            pass  # each round starts one switch; the next sees it under way
+        if not self.switches:
             self._maybe_tick(now, effects)
 
     def _operator_targets(self, now: float, effects: list[SchedulerEffect]) -> bool:
-        """Start the switch to the pinned model, or to the first manual target that is not
-        active yet. True while any of them is still to be made active (or llmux is pinned):
-        the policy has no say until then."""
+        """Start the switches to the pinned model, or to the manual targets not active yet,
+        in order, as far as they may start now. True while any of them is still to be made
+        active (or llmux is pinned): the policy has no say until then."""
         targets = [self.pinned] if self.pinned is not None else list(self.manual_targets)
+        pending = self.pinned is not None
         for target in targets:
             state = self.views[target].state
             if state == ACTIVE:
                 if target in self.manual_targets:
                     self.manual_targets.remove(target)
                 continue
+            pending = True
             if state != SLEEPING or self._backing_off(target, now):
-                return True  # retried when it is asleep, or its backoff over (next_deadline)
+                continue  # retried when it is asleep, or its backoff over (next_deadline)
+            if not self._free_to_start(target, ()):
+                break  # in order: a later target does not overtake an earlier one
             victims = self._default_victims(target)
-            if victims is None:
-                return True  # room is freed by a model leaving service; its report comes
+            if victims is None or not self._free_to_start(target, victims):
+                break  # room is freed by a model leaving service, or a switch ending
             self.last_decision = f"switch to {target}: {'pinned' if self.pinned else 'manual'}"
             self._start(target, victims, self.last_decision, now, effects, settle=False)
-            return True
-        return self.pinned is not None
+        return pending
+
+    # ---- what switches touch ---------------------------------------------------------------
+
+    def _touches(self, target: str | None, victims: Sequence[str]) -> set[str]:
+        """The resources a switch waking `target` and evicting `victims` reserves or frees."""
+        models = [*victims, *([target] if target is not None else [])]
+        return {r for m in models for r, amount in self.capacity.needs_of(m).items() if amount > 0}
+
+    def _touched_by_switches(self) -> set[str]:
+        touched: set[str] = set()
+        for switch in self.switches:
+            touched |= self._touches(switch.to_model, switch.victims)
+        return touched
+
+    def _involved(self, model: str) -> bool:
+        """Whether `model` is the target or a victim of a switch under way."""
+        return any(model == s.to_model or model in s.victims for s in self.switches)
+
+    def _free_to_start(self, target: str | None, victims: Sequence[str]) -> bool:
+        """Whether a switch waking `target` (None: sleeping `victims` only) may start beside
+        the switches under way: none of its models is in one, none of its resources touched."""
+        models = [*victims, *([target] if target is not None else [])]
+        if any(self._involved(m) for m in models):
+            return False
+        return not self._touches(target, victims) & self._touched_by_switches()
 
     # ---- whom to evict ---------------------------------------------------------------------
 
@@ -549,6 +604,8 @@ class SchedulerCore:
                     else state
                 )
                 return f"names {name!r}, which may not be evicted ({why})"
+        if not self._free_to_start(target, victims):
+            return "touches a model or resource that a switch under way holds"
         staying = [name for name in self.awake() if name not in victims]
         if not self.capacity.fits(target, staying):
             over = ", ".join(
@@ -560,16 +617,29 @@ class SchedulerCore:
     # ---- asking the policy -----------------------------------------------------------------
 
     def _consult_policy(self, now: float, effects: list[SchedulerEffect]) -> bool:
-        """Ask the policy about each sleeping model that waits, oldest waiter first; the first
-        SwitchNow starts a switch (True)."""
+        """Ask the policy about each sleeping model that waits and may be switched to now,
+        oldest waiter first; the first SwitchNow starts a switch (True).
+
+        A model whose switch would touch a resource that a switch under way touches waits,
+        and so does any younger one whose switch would touch the same resources: the oldest
+        waiter is never overtaken on its own resources, which is what keeps the declared
+        starvation bounds with several switches at once."""
         plans: dict[str, tuple[str, ...]] = {}
+        reserved = self._touched_by_switches()
         for name in sorted(self._demand, key=lambda name: (_arrived(self.views[name], now), name)):
-            if self.views[name].state == SLEEPING and not self._backing_off(name, now):
-                victims = self._default_victims(name)
-                if victims is not None:
-                    plans[name] = victims
-                else:
+            if self.views[name].state != SLEEPING or self._backing_off(name, now):
+                continue
+            own = self._touches(name, ())
+            if own & reserved:
+                reserved |= own
+                continue
+            victims = self._default_victims(name)
+            if victims is None or self._touches(name, victims) & reserved:
+                if victims is None and not self.switches:
                     self.last_decision = f"wait: no room for {name} until a model leaves service"
+                reserved |= own
+                continue
+            plans[name] = victims
         # The whole round's picture, shared by every call of it (see PendingContext).
         waiting = {
             name: WaitingSummary(
@@ -580,6 +650,8 @@ class SchedulerCore:
         estimates = dict(self.costs.items())
         residents = self._residents(now)
         free = {usage.name: max(usage.capacity - usage.used, 0.0) for usage in self._usage}
+        if not plans:
+            return False
         for target, victims in plans.items():
             ctx = self._pending_context(
                 target, victims, now, waiting, plans, estimates, residents, free
@@ -722,7 +794,7 @@ class SchedulerCore:
         settle: bool = True,
     ) -> None:
         switch = SwitchRecord(victims, target, reason, now)
-        self.switch = switch
+        self.switches.append(switch)
         effects.append(SwitchStarted(switch.from_model, target, reason, now, victims))
         if not victims:
             self._wake(switch, now, effects)
@@ -732,8 +804,9 @@ class SchedulerCore:
             return
         settle_until = max((self.views[v].active_since or now) + self.min_active for v in victims)
         if now < settle_until:
-            self._settle_until = settle_until
+            switch.settle_until = settle_until
             self._take(
+                switch,
                 SwitchEvent.SETTLE,
                 f"{', '.join(victims)} active less than {self.min_active}s",
                 now,
@@ -744,7 +817,7 @@ class SchedulerCore:
 
     def _retire(self, switch: SwitchRecord, now: float, effects: list[SchedulerEffect]) -> None:
         switch.drain_started_at = now
-        self._take(SwitchEvent.RETIRE, switch.reason, now, effects)
+        self._take(switch, SwitchEvent.RETIRE, switch.reason, now, effects)
         for victim in switch.victims:
             # One that is not Active is already leaving service on its own (it died): wait.
             if self.views[victim].state == ACTIVE:
@@ -763,12 +836,12 @@ class SchedulerCore:
                     SCHEDULER, f"refusing to wake {target}: {holders} awake, it would need {detail}"
                 )
             )
-            if self.phase == Phase.RETIRING:
-                self._take(SwitchEvent.RETIRED, "wake refused", now, effects)
-            self.switch = None
+            if switch.phase == Phase.RETIRING:
+                self._take(switch, SwitchEvent.RETIRED, "wake refused", now, effects)
+            self._end(switch)
             return
         switch.wake_started_at = now
-        self._take(SwitchEvent.WAKE, switch.reason, now, effects)
+        self._take(switch, SwitchEvent.WAKE, switch.reason, now, effects)
         self._command(target, WAKING, now, effects)
         effects.append(SendWake(target, switch.reason))
 
@@ -781,10 +854,23 @@ class SchedulerCore:
         self._set_view(msgspec.structs.replace(view, state=expected_state), now, effects)
         self._commanded_epoch[model] = view.epoch + 1
 
-    def _take(self, event: str, cause: str, now: float, effects: list[SchedulerEffect]) -> None:
-        source = self.phase
-        self.phase = SEQUENCE.step(self.phase, event)
-        effects.append(Transition(SWITCH_MACHINE, SCHEDULER, source, self.phase, event, cause, now))
+    def _take(
+        self,
+        switch: SwitchRecord,
+        event: str,
+        cause: str,
+        now: float,
+        effects: list[SchedulerEffect],
+    ) -> None:
+        source = switch.phase
+        switch.phase = SEQUENCE.step(source, event)
+        effects.append(
+            Transition(SWITCH_MACHINE, SCHEDULER, source, switch.phase, event, cause, now)
+        )
+
+    def _end(self, switch: SwitchRecord) -> None:
+        """The switch is over (its last transition taken): it holds nothing any more."""
+        self.switches.remove(switch)
 
     # ---- an operator's commands ------------------------------------------------------------
 

@@ -68,6 +68,10 @@ def build_status(
                 "reason": switch.reason,
                 "started_at": round(switch.decided_at + wall_offset, 6),
             },
+            "switches": [
+                {"from": s.from_model, "to": s.to_model, "reason": s.reason}
+                for s in picture.switches
+            ],
             "last_decision": picture.last_decision,
             "last_transition": journal.last_by_subject.get("scheduler"),
             "policy": picture.policy,

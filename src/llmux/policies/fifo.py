@@ -34,10 +34,13 @@ class FifoPolicy(BasePolicy):
         backoff (at most failure_backoff, which overlaps the failed model's cleanup sleep,
         at most C). So r is answered within max(C, failure_backoff) + (N - 1) * C + C.
 
-        With declared resources (several models awake) the argument is unchanged: switches
-        still run one at a time, a cycle's victims are drained and slept in parallel (one
-        drain, one sleep), a wake that evicts nobody is a shorter cycle, and a request for
-        a model that is awake and not being evicted is granted at once. The oldest waiter's
+        With declared resources (several models awake) the argument is unchanged. Switches
+        that touch disjoint resources run at once, but a switch for a younger waiter never
+        takes a resource that an older waiter's switch waits for, so r still waits behind at
+        most one cycle per model with an older waiter (plus the ones under way at t, which
+        run in parallel: at most C together). A cycle's victims are drained and slept in
+        parallel (one drain, one sleep), a wake that evicts nobody is a shorter cycle, and a
+        request for a model that is awake and not being evicted is granted at once. The oldest waiter's
         model can always be made room for, since persistent models leave room for every
         other (the config refuses a deployment where they do not) and, between switches,
         every other awake model is Active and may be evicted.
