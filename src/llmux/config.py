@@ -8,7 +8,6 @@ constructor, which refuses the ones it does not take.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Annotated, Any
@@ -16,6 +15,7 @@ from typing import Annotated, Any
 import msgspec
 
 from llmux.config_capacity import capacity_problem
+from llmux.config_paths import default_state_dir, resolve_state_dir
 from llmux.core.messages import Hook
 from llmux.policies import PolicyLoadError, build_policy, resolve_policy_class
 from llmux.policies.options import unknown_option
@@ -90,24 +90,6 @@ class PolicySettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     request_timeout_secs: PositiveSeconds | None = None
     drain_before_switch: bool = True
     min_active_secs: Seconds = 0.0
-
-
-def default_state_dir() -> str:
-    """`$XDG_STATE_HOME/llmux`, else `~/.local/state/llmux`: where the XDG base directory
-    spec puts state that should outlive a restart (a pid file the next llmux reads) but is
-    not worth backing up."""
-    xdg = os.environ.get("XDG_STATE_HOME", "")
-    # The spec says to ignore a relative XDG_STATE_HOME.
-    base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".local" / "state"
-    return str(base / "llmux")
-
-
-def resolve_state_dir(value: str | None, base_dir: str) -> str:
-    """The absolute state directory of a `state_dir` field (None: the default); a relative
-    path is relative to the config file's directory, like the hooks' working directory."""
-    if value is None:
-        return default_state_dir()
-    return os.path.abspath(os.path.join(base_dir, os.path.expanduser(value)))
 
 
 class _RawConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

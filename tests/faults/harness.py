@@ -18,6 +18,7 @@ import contextlib
 import json
 import math
 import os
+import random
 import shlex
 import signal
 import socket
@@ -573,6 +574,28 @@ class Clients:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.client.__aexit__(*exc)  # type: ignore[arg-type]
+
+    async def storm(
+        self, models: str, rng: random.Random, *, concurrency: int, secs: float
+    ) -> None:
+        """`concurrency` clients, each sending one request after another to a random model of
+        `models` (a quarter of them streamed) for `secs` seconds, bounded."""
+        deadline = trio.current_time() + secs
+
+        async def client() -> None:
+            while trio.current_time() < deadline:
+                stream = rng.random() < 0.25
+                await self.chat(
+                    rng.choice(models),
+                    stream=stream,
+                    max_tokens=rng.randint(1, 16),
+                    chunk_delay=0.01 if stream else None,
+                )
+
+        with trio.fail_after(secs + 120):
+            async with trio.open_nursery() as nursery:
+                for _ in range(concurrency):
+                    nursery.start_soon(client)
 
     async def chat(
         self,

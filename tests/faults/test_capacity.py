@@ -12,7 +12,6 @@ import os
 import random
 
 import pytest
-import trio
 
 from tests.faults.conftest import Scenario
 
@@ -27,24 +26,8 @@ CLIENTS = 40
 async def test_switch_storm_within_a_capacity(scenario: Scenario) -> None:
     """40 concurrent clients, one request after another to a random model of three (a quarter
     of them streamed) for STORM_SECS seconds, on an 80 GiB GPU where two of them fit."""
-    rng = random.Random(11)
     async with scenario.run(MODELS, resources={"gpu0": 80}) as (server, clients):
-        deadline = trio.current_time() + STORM_SECS
-
-        async def client() -> None:
-            while trio.current_time() < deadline:
-                stream = rng.random() < 0.25
-                await clients.chat(
-                    rng.choice("abc"),
-                    stream=stream,
-                    max_tokens=rng.randint(1, 16),
-                    chunk_delay=0.01 if stream else None,
-                )
-
-        with trio.fail_after(STORM_SECS + 120):
-            async with trio.open_nursery() as nursery:
-                for _ in range(CLIENTS):
-                    nursery.start_soon(client)
+        await clients.storm("abc", random.Random(11), concurrency=CLIENTS, secs=STORM_SECS)
         scenario.tally.check()
         assert server.wakes() >= 3, "the storm never switched"
         assert server.sampler.max_seen >= 2, "two models were never up together"

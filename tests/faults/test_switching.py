@@ -44,24 +44,8 @@ async def wait_all(events: list[trio.Event]) -> None:
 async def test_switch_storm(scenario: Scenario) -> None:
     """60 concurrent clients, each sending one request after another to a random model of
     three (a quarter of them streamed) for STORM_SECS seconds."""
-    rng = random.Random(1)
     async with scenario.run(THREE) as (server, clients):
-        deadline = trio.current_time() + STORM_SECS
-
-        async def client() -> None:
-            while trio.current_time() < deadline:
-                stream = rng.random() < 0.25
-                await clients.chat(
-                    rng.choice("abc"),
-                    stream=stream,
-                    max_tokens=rng.randint(1, 16),
-                    chunk_delay=0.01 if stream else None,
-                )
-
-        with trio.fail_after(STORM_SECS + 120):
-            async with trio.open_nursery() as nursery:
-                for _ in range(STORM_CLIENTS):
-                    nursery.start_soon(client)
+        await clients.storm("abc", random.Random(1), concurrency=STORM_CLIENTS, secs=STORM_SECS)
         scenario.tally.check()
         assert server.wakes() >= 3, "the storm never switched"
         scenario.notes["clients"] = STORM_CLIENTS

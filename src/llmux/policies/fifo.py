@@ -40,10 +40,10 @@ class FifoPolicy(BasePolicy):
         most one cycle per model with an older waiter (plus the ones under way at t, which
         run in parallel: at most C together). A cycle's victims are drained and slept in
         parallel (one drain, one sleep), a wake that evicts nobody is a shorter cycle, and a
-        request for a model that is awake and not being evicted is granted at once. The oldest waiter's
-        model can always be made room for, since persistent models leave room for every
-        other (the config refuses a deployment where they do not) and, between switches,
-        every other awake model is Active and may be evicted.
+        request for a model that is awake and not being evicted is granted at once. The
+        oldest waiter's model can always be made room for, since persistent models leave
+        room for every other (the config refuses a deployment where they do not) and every
+        other awake model that no switch holds is Active and may be evicted.
         """
         if inputs.max_in_flight is not None:
             return None
