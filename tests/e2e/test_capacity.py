@@ -156,3 +156,30 @@ async def test_two_gpus_wake_two_models_at_once(tmp_path: Path) -> None:
             rig.hold_wake("a", holding=False)
             rig.hold_wake("b", holding=False)
         assert answers == [200, 200]
+
+
+async def test_a_preload_list_wakes_every_listed_model_that_fits_at_start_up(
+    tmp_path: Path,
+) -> None:
+    async with running(
+        tmp_path, MODELS, resources=GPU, needs=NEEDS, preload=["a", "b"], persistent=("a",)
+    ) as rig:
+        await wait_until(
+            lambda: rig.state("a") == rig.state("b") == "Active", what="a and b preloaded"
+        )
+        assert rig.hook_runs() == ["a:wake", "b:wake"]
+        # c evicts b, never the persistent a.
+        assert (await rig.chat("c")).status_code == 200
+        assert rig.hook_runs() == ["a:wake", "b:wake", "b:sleep", "c:wake"]
+
+
+async def test_models_found_awake_are_adopted_as_long_as_they_fit(tmp_path: Path) -> None:
+    # a and c both answer their alive hook at start-up, and they fit together (80 of 80).
+    async with running(
+        tmp_path, MODELS, resources=GPU, needs=NEEDS, awake_at_start=("a", "c")
+    ) as rig:
+        assert rig.state("a") == rig.state("c") == "Active"
+        assert rig.hook_runs() == []
+        assert (await rig.chat("a")).status_code == 200
+        assert (await rig.chat("c")).status_code == 200
+        assert rig.hook_runs() == []

@@ -20,3 +20,16 @@ def test_ci_runs_the_readme_test_command_verbatim() -> None:
     assert install_and_run.endswith("llmux run examples/config.json")
     ci_lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
     assert run_tests in ci_lines
+
+
+def test_every_config_in_the_readme_is_a_valid_config() -> None:
+    import json
+    import re
+
+    from llmux.config import parse_config
+
+    blocks = re.findall(r"```json\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    configs = [json.loads(block) for block in blocks if '"models"' in block]
+    assert len(configs) >= 2
+    for config in configs:
+        parse_config(config)
