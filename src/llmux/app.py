@@ -85,6 +85,7 @@ class App:
             self.metrics,
             self.telemetry,
             api_keys=config.api_keys,
+            state_dir=config.state_dir,
         )
         self.http = HttpServer(
             self.router,

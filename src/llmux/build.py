@@ -20,6 +20,8 @@ SIMULATED: dict[str, str] = {
     "models.wake": "hooks are scripted in a simulation (llmux simulate --hook-secs)",
     "models.sleep": "hooks are scripted in a simulation (llmux simulate --hook-secs)",
     "models.alive": "Settings.alive_probe",
+    "models.engine": "compiled into the wake, sleep and alive hooks (llmux.engines); those "
+    "are scripted in a simulation",
     "models.wake_timeout_secs": "hooks are scripted in a simulation: a scripted hook ends on time",
     "models.sleep_timeout_secs": "hooks are scripted in a simulation: a scripted hook ends on time",
     "models.alive_timeout_secs": "hooks are scripted in a simulation: a scripted hook ends on time",

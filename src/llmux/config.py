@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import msgspec
 
 from llmux.config_capacity import capacity_problem
+from llmux.config_engine import EngineConfig, with_engine_hooks
 from llmux.config_paths import default_state_dir, resolve_state_dir
 from llmux.core.messages import Hook
 from llmux.policies import PolicyLoadError, build_policy, resolve_policy_class
@@ -40,9 +41,11 @@ class ConfigError(Exception):
 
 class ModelConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     port: Port
-    wake: str
-    sleep: str
+    # Required unless an `engine` provides them (an explicit hook overrides the engine's).
+    wake: str | None = None
+    sleep: str | None = None
     alive: str | None = None
+    engine: EngineConfig | None = None
     # A hook past its time is killed with its whole process group and counts as failed.
     wake_timeout_secs: PositiveSeconds = 600.0
     sleep_timeout_secs: PositiveSeconds = 300.0
@@ -191,6 +194,10 @@ def build_config(raw: _RawConfig, *, base_dir: str, origin: str) -> Config:
         except msgspec.ValidationError as exc:
             where = f"models.{name}"
             raise ConfigError(f"{origin}: {_with_field(str(exc), prefix=where)}") from exc
+        resolved = with_engine_hooks(name, models[name])
+        if isinstance(resolved, str):
+            raise ConfigError(f"{origin}: {resolved}")
+        models[name] = resolved
         if models[name].health_interval_secs is not None and models[name].alive is None:
             raise ConfigError(
                 f"{origin}: models.{name}.health_interval_secs: needs an `alive` hook to run"

@@ -160,8 +160,9 @@ class ShellHooks:
         settings = self.config.models[model]
         command, timeout = settings.hook(hook)
         if command is None:
-            # The config refuses health checks without an alive hook; never hang on it.
-            return HookOutcome(True, "no alive hook", 0.0, "")
+            # The config refuses health checks without an alive hook, and a model without
+            # wake and sleep hooks (or an engine that provides them); never hang on one.
+            return HookOutcome(hook is Hook.ALIVE, f"no {hook.value} hook", 0.0, "")
         outcome = await run_hook(
             command,
             model=model,

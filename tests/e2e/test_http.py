@@ -219,3 +219,18 @@ async def test_the_openai_sdk_does_not_retry_a_failed_wake(tmp_path: Path) -> No
         assert missing.status_code == 404
         assert missing.response.headers["x-should-retry"] == "false"
         assert await rig.metric("llmux_requests_total", model="nope", status="404") == 0
+
+
+async def test_no_100_continue_for_a_request_that_announces_no_body(tmp_path: Path) -> None:
+    async with running(tmp_path) as rig:
+        stream = await trio.open_tcp_stream("127.0.0.1", int(rig.url.rsplit(":", 1)[1]))
+        async with stream:
+            await stream.send_all(
+                b"GET /v1/models HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\n"
+                b"connection: close\r\n\r\n"
+            )
+            answer = b""
+            while chunk := await stream.receive_some(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200 "), answer[:40]
+        assert b" 100 " not in answer.split(b"\r\n", 1)[0]

@@ -153,3 +153,37 @@ def test_request_logs_are_on_unless_the_config_turns_them_off() -> None:
     assert parse_config({"models": ONE_MODEL, "log_requests": False}).log_requests is False
     with pytest.raises(ConfigError, match="log_requests"):
         parse_config({"models": ONE_MODEL, "log_requests": "no"})
+
+
+def test_an_engine_block_compiles_into_hooks_and_an_explicit_hook_overrides_its_own() -> None:
+    engine = {"type": "llama.cpp", "command": "llama-server --port ${PORT} -m ${MODEL}.gguf"}
+    config = parse_config(
+        {"models": {"qwen": {"port": 8101, "engine": engine, "sleep": "my-sleep"}}}
+    )
+    model = config.models["qwen"]
+    assert model.wake is not None and model.alive is not None
+    assert "llmux.engines.process wake" in model.wake
+    assert "'llama-server --port 8101 -m qwen.gguf'" in model.wake
+    assert "llmux.engines.process alive --check-path /health" in model.alive
+    assert model.sleep == "my-sleep"
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        ({"port": 8101, "sleep": "true"}, "models.m.wake: required (a shell command), unless"),
+        (
+            {"port": 8101, "engine": {"type": "command", "command": "x", "sleep_level": 1}},
+            "models.m.engine.sleep_level: a 'command' engine has no sleep levels",
+        ),
+        ({"port": 8101, "engine": {"type": "vllm", "command": "x"}}, "models.m.engine.type"),
+        (
+            {"port": 8101, "engine": {"type": "command", "command": "x", "check_path": "h"}},
+            "models.m.engine.check_path",
+        ),
+    ],
+)
+def test_engine_mistakes_are_one_line_config_errors(model: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"models": {"m": model}})
+    assert message in str(info.value)

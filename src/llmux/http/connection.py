@@ -251,14 +251,16 @@ class HttpConnection:
         try:
             check_head(request, headers, self.limits)
             self.server.router.admit(request.target.split(b"?", 1)[0], headers)
-            body = await self._read_body()
+            body = await self._read_body(headers)
             await self.server.router.route(self, request, headers, body)
         except LlmuxError as exc:
             # A refused body was not read to its end, so the connection cannot be reused.
             await self.respond_error(exc, close=self.h11.their_state is not h11.DONE)
 
-    async def _read_body(self) -> bytes:
-        if self.h11.they_are_waiting_for_100_continue:
+    async def _read_body(self, headers: list[tuple[bytes, bytes]]) -> bytes:
+        # A client that sent `expect: 100-continue` without a body has nothing to wait for
+        # (RFC 9110 §10.1.1: the server may then omit the interim response): no 100.
+        if self.h11.they_are_waiting_for_100_continue and _declares_body(headers):
             await self.send(h11.InformationalResponse(status_code=100, headers=[]))
         chunks: list[bytes] = []
         size = 0
@@ -282,3 +284,11 @@ class HttpConnection:
                 return b"".join(chunks)
             elif isinstance(event, h11.ConnectionClosed):
                 raise ClientGone("client closed the connection mid-body")
+
+
+def _declares_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether the request head announces a body (chunked, or a non-zero length)."""
+    for name, value in headers:
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
+            return True
+    return False

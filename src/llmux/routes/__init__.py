@@ -3,6 +3,7 @@
 GET  /v1/models, /metrics, /health    info
 GET  /llmux/ (page), /llmux/status    info
 GET  /llmux/events                    events (SSE)
+GET  /llmux/models/NAME/logs          logs (a managed engine's output)
 POST /llmux/models/NAME/wake|sleep, /llmux/pin, /llmux/unpin    control
 anything else                         proxy (the model is named in the JSON body)
 """
@@ -21,7 +22,7 @@ from llmux.http.connection import HttpConnection
 from llmux.observability.metrics import Metrics
 from llmux.observability.status import build_status
 from llmux.observability.telemetry import Telemetry
-from llmux.routes import control, info
+from llmux.routes import control, info, logs
 from llmux.routes.auth import ApiKeys
 from llmux.routes.events import stream_events
 from llmux.routes.proxy import Proxy
@@ -40,8 +41,11 @@ class Router:
         telemetry: Telemetry,
         *,
         api_keys: Sequence[str] = (),
+        state_dir: str | None = None,
     ) -> None:
         self.models = dict(models)
+        # Where engines keep their processes' output (None: no logs route).
+        self.state_dir = state_dir
         self.scheduler = scheduler
         self.telemetry = telemetry
         self.gate = ApiKeys(api_keys)
@@ -78,6 +82,16 @@ class Router:
             await handler(conn)
         elif ours:
             route = path.decode("ascii", "replace").removeprefix("/llmux").strip("/").split("/")
+            if (
+                request.method == b"GET"
+                and len(route) == 3
+                and route[0] == "models"
+                and route[2] == "logs"
+                and route[1] in self.models
+                and self.state_dir is not None
+            ):
+                await logs.model_logs(conn, route[1], self.state_dir, request.target)
+                return
             handled = await control.handle(
                 conn,
                 request.method,
