@@ -27,6 +27,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from llmux.processes import is_running
+
 POLL_SECS = 0.05
 
 
@@ -50,20 +52,6 @@ def _ready(port: int, path: str) -> bool:
         return False
     finally:
         connection.close()
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (exited, not yet reaped) does not run.
-    with contextlib.suppress(OSError):
-        if Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z":
-            return False
-    return True
 
 
 def _pid(pidfile: Path) -> int | None:
@@ -116,7 +104,7 @@ def wake(check_path: str, env: Sequence[str], command: str) -> int:
 def sleep(stop_timeout: float) -> int:
     pidfile, _, model, _ = _paths()
     pid = _pid(pidfile)
-    if pid is None or not _running(pid):
+    if pid is None or not is_running(pid):
         pidfile.unlink(missing_ok=True)
         return 0
     try:
@@ -125,12 +113,12 @@ def sleep(stop_timeout: float) -> int:
         group = None
     _signal(pid, group, signal.SIGTERM)
     deadline = time.monotonic() + stop_timeout
-    while _running(pid) and time.monotonic() < deadline:
+    while is_running(pid) and time.monotonic() < deadline:
         time.sleep(POLL_SECS)
-    if _running(pid):
+    if is_running(pid):
         print(f"{model} did not stop within {stop_timeout:g}s: killing it", file=sys.stderr)
         _signal(pid, group, signal.SIGKILL)
-        while _running(pid):
+        while is_running(pid):
             time.sleep(POLL_SECS)
     pidfile.unlink(missing_ok=True)
     return 0
@@ -149,7 +137,7 @@ def _signal(pid: int, group: int | None, sig: signal.Signals) -> None:
 def alive(check_path: str) -> int:
     pidfile, _, _, port = _paths()
     pid = _pid(pidfile)
-    return 0 if pid is not None and _running(pid) and _ready(port, check_path) else 1
+    return 0 if pid is not None and is_running(pid) and _ready(port, check_path) else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:

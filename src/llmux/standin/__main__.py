@@ -31,6 +31,7 @@ from typing import IO
 import trio
 
 from llmux.cli.argtypes import positive_int
+from llmux.processes import is_running
 from llmux.standin.protocol import POLL_INTERVAL
 from llmux.standin.server import serve
 
@@ -154,33 +155,13 @@ def _already_started(pidfile: Path) -> bool:
         pid = int(pidfile.read_text().strip())
     except (OSError, ValueError):
         return False
-    return _alive(pid) and _is_standin(pid)
-
-
-def _process_state(pid: int) -> str | None:
-    """The /proc state letter (R, S, Z, ...), None without /proc or once the pid is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rpartition(")")[2].split()[0]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie has exited; whether anyone reaps it is not our concern.
-    return _process_state(pid) != "Z"
+    return is_running(pid) and _is_standin(pid)
 
 
 def _is_standin(pid: int) -> bool:
     """Guard against a recycled pid: only signal a process that runs this module."""
     if not Path("/proc/self").exists():
-        return _alive(pid)  # no /proc to check the command line against
+        return is_running(pid)  # no /proc to check the command line against
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
@@ -190,7 +171,7 @@ def _is_standin(pid: int) -> bool:
 
 def _wait_gone(pid: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
-    while _alive(pid):
+    while is_running(pid):
         if time.monotonic() >= deadline:
             return False
         time.sleep(POLL_INTERVAL)
